@@ -1,0 +1,189 @@
+//! The command line: parse (flags in `args`), build the manager for the chosen key source,
+//! run the command, print results. Errors come back to `main` as one `error:` line.
+
+pub mod args;
+
+use std::io::Write;
+
+use clap::Parser;
+
+pub use args::Cli;
+use args::{Command, GlobalArgs, KeySource, KeysCommand, OutputFormat, VolumeCommand};
+
+use crate::daemon::mount::{MountRequest, run_mount, run_umount};
+use crate::error::{Error, Result};
+use crate::keys::{DirStore, KeyStore};
+use crate::manager::{CreateRequest, Manager};
+use crate::volume::VolumeStore;
+use crate::volume::size::format_size;
+
+/// Parses the process arguments. Usage errors become one `error:` line and exit status 2.
+pub fn parse() -> Cli {
+    match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            let text = e.to_string();
+            let first = text
+                .lines()
+                .next()
+                .unwrap_or("error: invalid arguments")
+                .trim_end();
+            let first = if first.starts_with("error:") {
+                first.to_string()
+            } else {
+                format!("error: {first}")
+            };
+            eprintln!("{first} (see `storageos-fuse --help`)");
+            std::process::exit(2);
+        }
+    }
+}
+
+pub fn key_store(g: &GlobalArgs) -> Result<Box<dyn KeyStore>> {
+    match g.key_source {
+        KeySource::Dir => {
+            let dir = g
+                .keys_dir
+                .clone()
+                .unwrap_or_else(|| g.data_dir.join("keys"));
+            Ok(Box::new(DirStore::new(dir, g.key_namespace.clone())))
+        }
+        KeySource::Kube => Err(Error::Usage(
+            "--key-source kube is not available in this build yet; use --key-source dir".into(),
+        )),
+    }
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    let mgr = Manager::new(
+        VolumeStore::new(&cli.global.data_dir),
+        key_store(&cli.global)?,
+    );
+    match cli.command {
+        Command::Volume(cmd) => volume(&mgr, cmd),
+        Command::Mount(a) => run_mount(
+            &mgr,
+            &MountRequest {
+                volume: a.volume,
+                at: a.at,
+                background: a.background,
+                threads: a.threads.clamp(1, 64),
+                allow_other: a.allow_other,
+            },
+        ),
+        Command::Umount { target } => run_umount(&mgr, &target),
+        Command::Keys(KeysCommand::Status) => keys_status(&mgr),
+    }
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, v).map_err(|e| Error::Io(e.to_string()))?;
+    writeln!(out).map_err(|e| Error::Io(e.to_string()))
+}
+
+fn volume(mgr: &Manager, cmd: VolumeCommand) -> Result<()> {
+    match cmd {
+        VolumeCommand::Create {
+            volume,
+            size,
+            labels,
+            sector_size,
+        } => {
+            let meta = mgr.create(&CreateRequest {
+                volume,
+                size,
+                labels,
+                sector_size,
+            })?;
+            let keys = mgr.load_keys()?;
+            print_json(&mgr.view(&meta, &keys))
+        }
+        VolumeCommand::Inspect { volume } => {
+            let meta = mgr.find(&volume)?;
+            let keys = mgr.load_keys()?;
+            print_json(&mgr.view(&meta, &keys))
+        }
+        VolumeCommand::List { output } => {
+            let (vols, issues) = mgr.store.list()?;
+            for i in issues {
+                tracing::warn!("skipped unreadable volume: {i}");
+            }
+            let keys = mgr.load_keys()?;
+            let views: Vec<_> = vols.iter().map(|m| mgr.view(m, &keys)).collect();
+            match output {
+                OutputFormat::Json => print_json(&views),
+                OutputFormat::Table => {
+                    let rows: Vec<[String; 6]> = views
+                        .iter()
+                        .map(|v| {
+                            [
+                                v.namespace.clone(),
+                                v.name.clone(),
+                                v.id.clone(),
+                                format_size(v.size_bytes),
+                                if v.encrypted {
+                                    "yes".into()
+                                } else {
+                                    "no".into()
+                                },
+                                v.key_status.as_str().into(),
+                            ]
+                        })
+                        .collect();
+                    print_table(
+                        &["NAMESPACE", "NAME", "ID", "SIZE", "ENCRYPTED", "KEY"],
+                        &rows,
+                    );
+                    Ok(())
+                }
+            }
+        }
+        VolumeCommand::Update { volume, labels } => {
+            let meta = mgr.update_labels(&volume, &labels)?;
+            let keys = mgr.load_keys()?;
+            print_json(&mgr.view(&meta, &keys))
+        }
+        VolumeCommand::Delete { volume } => {
+            let meta = mgr.delete(&volume)?;
+            println!("deleted volume {} ({})", meta.display_name(), meta.id);
+            Ok(())
+        }
+    }
+}
+
+fn keys_status(mgr: &Manager) -> Result<()> {
+    let rows: Vec<[String; 3]> = mgr
+        .key_statuses()?
+        .into_iter()
+        .map(|(name, (meta, status))| [name, meta.id, status.as_str().to_string()])
+        .collect();
+    print_table(&["VOLUME", "ID", "KEY"], &rows);
+    Ok(())
+}
+
+/// kubectl-style table: left-aligned columns, three spaces apart.
+fn print_table<const N: usize>(headers: &[&str; N], rows: &[[String; N]]) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}   ", w = widths[i]));
+            }
+        }
+        s
+    };
+    println!("{}", line(headers.to_vec()));
+    for r in rows {
+        println!("{}", line(r.iter().map(String::as_str).collect()));
+    }
+}

@@ -1,0 +1,6 @@
+//! The serving side: `mount` (one volume on a file), `umount`, and finding our FUSE mounts
+//! in the mount table. Wires `manager`, `image` and `fuse` together; the logic of what to
+//! serve lives in those modules.
+
+pub mod mount;
+pub mod mounts;

@@ -1,0 +1,296 @@
+//! `mount VOLUME --at PATH [--background]` and `umount VOLUME|PATH`.
+//!
+//! `--background` re-executes this binary as a child that mounts and then reports the
+//! image path on its stdout; the parent returns only then (or relays the child's error),
+//! so "returns once it is usable" holds. The child logs to `<data-dir>/logs/<id>.log`.
+
+use std::fs::{self, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::mounts;
+use crate::error::{Error, Result};
+use crate::fuse::{FsOptions, ImageFile, fuse_config};
+use crate::image::{ImageError, VolumeImage};
+use crate::manager::Manager;
+use crate::volume::VolumeMeta;
+
+/// Set in the environment of the `--background` child.
+const CHILD_ENV: &str = "STORAGEOS_FUSE_BACKGROUND_CHILD";
+
+#[derive(Debug, Clone)]
+pub struct MountRequest {
+    pub volume: String,
+    pub at: Option<PathBuf>,
+    pub background: bool,
+    pub threads: usize,
+    pub allow_other: bool,
+}
+
+pub fn default_mount_path(meta: &VolumeMeta) -> PathBuf {
+    PathBuf::from(format!(
+        "/run/storageos-fuse/{}/{}",
+        meta.namespace, meta.name
+    ))
+}
+
+pub fn run_mount(mgr: &Manager, req: &MountRequest) -> Result<()> {
+    if req.background && std::env::var_os(CHILD_ENV).is_none() {
+        // Check what can be checked cheaply first, so the common errors come from here.
+        let meta = mgr.find(&req.volume)?;
+        let keys = mgr.load_keys()?;
+        mgr.cipher_for(&meta, &keys)?;
+        return spawn_background(mgr, &meta);
+    }
+    let meta = mgr.find(&req.volume)?;
+    let keys = mgr.load_keys()?;
+    let cipher = mgr.cipher_for(&meta, &keys)?;
+    drop(keys);
+    let data = mgr.store.data_path(&meta.id);
+    let image = VolumeImage::open(&data, meta.size_bytes, meta.sector_size, cipher).map_err(|e| match e {
+        ImageError::Locked { .. } => Error::Mount(format!(
+            "volume {} is already served by another process (see `grep {} /proc/mounts`); run `storageos-fuse umount {}` first",
+            meta.display_name(),
+            meta.id,
+            meta.display_name()
+        )),
+        other => other.into(),
+    })?;
+    let at = match &req.at {
+        Some(p) => std::path::absolute(p)
+            .map_err(|e| Error::Usage(format!("--at {}: {e}", p.display())))?,
+        None => default_mount_path(&meta),
+    };
+    prepare_mount_point(&at)?;
+
+    let opts = FsOptions {
+        fsname: mounts::fsname_for_volume(&meta.id),
+        threads: req.threads,
+        allow_other: req.allow_other,
+    };
+    let fs = ImageFile::new(Arc::new(image));
+    let session = fuser::Session::new(fs, &at, &fuse_config(&opts)).map_err(|e| {
+        Error::Mount(format!(
+            "cannot mount FUSE on {}: {e} (is /dev/fuse present and are you root?)",
+            at.display()
+        ))
+    })?;
+    tracing::info!(volume = %meta.display_name(), id = %meta.id, path = %at.display(), "serving volume image");
+    announce_ready(&at, mgr, &meta);
+    install_signal_handler(at.clone());
+    session.run().map_err(|e| {
+        Error::Mount(format!(
+            "FUSE session for {} ended with an error: {e}",
+            at.display()
+        ))
+    })?;
+    tracing::info!(path = %at.display(), "unmounted; exiting");
+    Ok(())
+}
+
+/// Creates the mount point file (mode 0600) and its parents, or recovers a dead mount left
+/// there by a server that was killed.
+fn prepare_mount_point(at: &Path) -> Result<()> {
+    if mounts::is_dead_mount(at) {
+        eprintln!(
+            "storageos-fuse: {} was a dead mount (its server had stopped); cleared it and mounting again",
+            at.display()
+        );
+        mounts::clear_dead_mount(at)
+            .map_err(|e| Error::Mount(format!("cannot clear dead mount {}: {e}", at.display())))?;
+    }
+    if let Ok(Some(m)) = mounts::mount_at(at) {
+        return Err(Error::Mount(format!(
+            "{} is already a mount point (source {}); choose another --at or unmount it",
+            at.display(),
+            m.source
+        )));
+    }
+    match fs::symlink_metadata(at) {
+        Ok(md) if md.is_dir() => {
+            return Err(Error::Usage(format!(
+                "--at {} is a directory; give the path of a file to create",
+                at.display()
+            )));
+        }
+        Ok(md) if !md.is_file() => {
+            return Err(Error::Usage(format!(
+                "--at {} exists and is not a regular file",
+                at.display()
+            )));
+        }
+        Ok(_) => return Ok(()),
+        Err(_) => {}
+    }
+    if let Some(parent) = at.parent() {
+        fs::create_dir_all(parent)
+            .map_err(|e| Error::Io(format!("cannot create {}: {e}", parent.display())))?;
+    }
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(at)
+        .map_err(|e| Error::Io(format!("cannot create mount point {}: {e}", at.display())))?;
+    Ok(())
+}
+
+/// Prints the image path. In a `--background` child, stdout is the parent's pipe: print,
+/// then point stdout and stderr at the log so the parent can exit.
+fn announce_ready(at: &Path, mgr: &Manager, meta: &VolumeMeta) {
+    if std::env::var_os(CHILD_ENV).is_some() {
+        let dir = mgr.store.data_dir().join("logs");
+        let _ = crate::fsutil::create_private_dir(&dir);
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(dir.join(format!("{}.log", meta.id)));
+        if let Ok(log) = log {
+            // SAFETY: dup2 onto the standard descriptors with a valid open descriptor.
+            unsafe { libc::dup2(log.as_raw_fd(), 2) };
+            println!("{}", at.display());
+            let _ = std::io::stdout().flush();
+            // SAFETY: as above; stdout now goes to the log too.
+            unsafe { libc::dup2(log.as_raw_fd(), 1) };
+            return;
+        }
+    }
+    println!("{}", at.display());
+    let _ = std::io::stdout().flush();
+}
+
+/// SIGTERM/SIGINT unmount the image; the session then ends and the process exits. While a
+/// loop device holds the image the unmount is refused (EBUSY) and serving goes on: stopping
+/// would fail every I/O of the filesystem on top.
+fn install_signal_handler(at: PathBuf) {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGTERM, SIGINT]) else {
+        tracing::warn!("cannot install signal handlers; stop with `storageos-fuse umount`");
+        return;
+    };
+    std::thread::spawn(move || {
+        for sig in signals.forever() {
+            tracing::info!(signal = sig, "stopping: unmounting {}", at.display());
+            match mounts::unmount(&at) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => tracing::error!(
+                    "cannot unmount {}: it is in use (a loop device or open file); detach it (losetup -d) and signal again",
+                    at.display()
+                ),
+                Err(e) => tracing::error!("cannot unmount {}: {e}", at.display()),
+            }
+        }
+    });
+}
+
+fn spawn_background(mgr: &Manager, meta: &VolumeMeta) -> Result<()> {
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::Io(format!("cannot find own executable: {e}")))?;
+    let args: Vec<_> = std::env::args_os()
+        .skip(1)
+        .filter(|a| a != "--background")
+        .collect();
+    let mut child = Command::new(exe)
+        .args(args)
+        .env(CHILD_ENV, "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .map_err(|e| Error::Io(format!("cannot start the background server: {e}")))?;
+    let mut line = String::new();
+    let mut out = BufReader::new(child.stdout.take().expect("piped"));
+    let _ = out.read_line(&mut line);
+    if !line.trim().is_empty() {
+        print!("{line}");
+        return Ok(());
+    }
+    let mut err = String::new();
+    let _ = child.stderr.take().expect("piped").read_to_string(&mut err);
+    let _ = child.wait();
+    let msg = err
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("error: "))
+        .map(str::to_string)
+        .unwrap_or_else(|| {
+            format!(
+                "the background server for {} exited before mounting: {}",
+                meta.display_name(),
+                err.trim()
+            )
+        });
+    let _ = mgr;
+    Err(Error::Mount(msg))
+}
+
+/// `umount VOLUME|PATH`: unmounts, then waits until the server process has let go of the
+/// volume, so a following `mount` or `delete` works at once.
+pub fn run_umount(mgr: &Manager, target: &str) -> Result<()> {
+    let is_path = target.starts_with('/') || target.starts_with('.');
+    let (paths, volume_id): (Vec<PathBuf>, Option<String>) = if is_path {
+        let p = std::path::absolute(target).map_err(|e| Error::Usage(format!("{target}: {e}")))?;
+        let entry = mounts::mount_at(&p)
+            .map_err(|e| Error::Io(format!("cannot read the mount table: {e}")))?;
+        match entry {
+            Some(m) if m.is_ours() => (vec![p], m.volume_id().map(str::to_string)),
+            Some(m) => {
+                return Err(Error::Usage(format!(
+                    "{} is a {} mount, not a storageos-fuse image",
+                    p.display(),
+                    m.fstype
+                )));
+            }
+            None => return Err(Error::Usage(format!("{} is not mounted", p.display()))),
+        }
+    } else {
+        let meta = mgr.find(target)?;
+        let found = mounts::mounts_of_volume(&meta.id)
+            .map_err(|e| Error::Io(format!("cannot read the mount table: {e}")))?;
+        if found.is_empty() {
+            return Err(Error::Usage(format!(
+                "volume {} is not mounted",
+                meta.display_name()
+            )));
+        }
+        (
+            found.into_iter().map(|m| m.mount_point).collect(),
+            Some(meta.id),
+        )
+    };
+    for p in &paths {
+        mounts::unmount(p).map_err(|e| {
+            if e.raw_os_error() == Some(libc::EBUSY) {
+                Error::Mount(format!(
+                    "{} is busy: a loop device or a process still uses it; detach it first (`losetup -j {}`, then `losetup -d /dev/loopN`)",
+                    p.display(),
+                    p.display()
+                ))
+            } else {
+                Error::Mount(format!("cannot unmount {}: {e}", p.display()))
+            }
+        })?;
+    }
+    if let Some(id) = volume_id {
+        let data = mgr.store.data_path(&id);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while crate::volume::lock::is_locked(&data).unwrap_or(false) {
+            if Instant::now() > deadline {
+                return Err(Error::Mount(format!(
+                    "unmounted, but the server of volume {id} has not exited after 10 s"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(())
+}

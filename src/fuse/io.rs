@@ -1,0 +1,131 @@
+//! Image I/O for FUSE requests: read, write, fsync, fallocate, mapped onto `VolumeImage`
+//! with errno replies. Shared by every filesystem view.
+
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    Config, Errno, FileAttr, FileType, INodeNo, InitFlags, KernelConfig, MountOption, ReplyData,
+    ReplyEmpty, ReplyWrite, SessionACL,
+};
+
+use crate::image::VolumeImage;
+
+/// Largest request the kernel sends us (with FUSE_MAX_PAGES): 1 MiB.
+pub const MAX_REQUEST: u32 = 1 << 20;
+/// Attributes and entries never change behind the kernel's back (sizes are fixed).
+pub const TTL: Duration = Duration::from_secs(3600);
+
+/// Mount settings common to all views.
+#[derive(Debug, Clone)]
+pub struct FsOptions {
+    pub fsname: String,
+    pub threads: usize,
+    pub allow_other: bool,
+}
+
+pub fn fuse_config(opts: &FsOptions) -> Config {
+    let mut cfg = Config::default();
+    cfg.mount_options = vec![
+        MountOption::FSName(opts.fsname.clone()),
+        MountOption::Subtype("storageos-fuse".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+        MountOption::NoExec,
+    ];
+    cfg.acl = if opts.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    cfg.n_threads = Some(opts.threads.max(1));
+    cfg.clone_fd = opts.threads > 1;
+    cfg
+}
+
+/// Large requests and readahead: fewer, bigger round trips to the daemon.
+pub fn tune_kernel(config: &mut KernelConfig) {
+    let _ = config.add_capabilities(InitFlags::FUSE_MAX_PAGES);
+    let _ = config.set_max_write(MAX_REQUEST);
+    let _ = config.set_max_readahead(MAX_REQUEST);
+    let _ = config.set_max_background(64);
+}
+
+pub fn errno(e: &std::io::Error) -> Errno {
+    Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+pub fn file_attr(ino: INodeNo, size: u64, created: SystemTime) -> FileAttr {
+    FileAttr {
+        ino,
+        size,
+        blocks: size.div_ceil(512),
+        atime: created,
+        mtime: created,
+        ctime: created,
+        crtime: created,
+        kind: FileType::RegularFile,
+        perm: 0o600,
+        nlink: 1,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+pub fn read(image: &VolumeImage, offset: u64, size: u32, reply: ReplyData) {
+    let mut buf = vec![0u8; size.min(MAX_REQUEST) as usize];
+    match image.read_at(offset, &mut buf) {
+        Ok(n) => reply.data(&buf[..n]),
+        Err(e) => {
+            tracing::error!("read of {size} bytes at {offset} failed: {e}");
+            reply.error(errno(&e))
+        }
+    }
+}
+
+pub fn write(image: &VolumeImage, offset: u64, data: &[u8], reply: ReplyWrite) {
+    match image.write_at(offset, data) {
+        Ok(n) => reply.written(n as u32),
+        Err(e) => {
+            tracing::error!("write of {} bytes at {offset} failed: {e}", data.len());
+            reply.error(errno(&e))
+        }
+    }
+}
+
+pub fn fsync(image: &VolumeImage, datasync: bool, reply: ReplyEmpty) {
+    match image.sync(datasync) {
+        Ok(()) => reply.ok(),
+        Err(e) => {
+            tracing::error!("fsync failed: {e}");
+            reply.error(errno(&e))
+        }
+    }
+}
+
+pub fn fallocate(image: &VolumeImage, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
+    let punch = mode & (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE) != 0;
+    let known = libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
+    if mode & !known != 0 {
+        return reply.error(Errno::from_i32(libc::EOPNOTSUPP));
+    }
+    if mode & libc::FALLOC_FL_KEEP_SIZE == 0 && offset.saturating_add(length) > image.size() {
+        // The image has a fixed size; growing it is not possible.
+        return reply.error(Errno::from_i32(libc::EOPNOTSUPP));
+    }
+    let res = if punch {
+        image.punch(offset, length)
+    } else {
+        image.allocate(offset, length)
+    };
+    match res {
+        Ok(()) => reply.ok(),
+        Err(e) => {
+            tracing::error!("fallocate(mode {mode:#x}) of {length} bytes at {offset} failed: {e}");
+            reply.error(errno(&e))
+        }
+    }
+}
