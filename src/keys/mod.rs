@@ -6,12 +6,14 @@
 //! does not know about backing files or FUSE.
 
 mod dir;
+mod keyring;
 mod keyset;
 mod manifest;
 mod record;
 mod store;
 
-pub use dir::DirStore;
+pub use dir::{DirStore, load_file};
+pub use keyring::Keyring;
 pub use keyset::{KeyIssue, KeySet, LoadReport};
 pub use manifest::{ManifestError, SecretManifest, parse_manifests};
 pub use record::{

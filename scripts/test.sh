@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh Linux machine, as root: installs what the tests need
+# (FUSE, fio, e2fsprogs, OpenSSL headers), then runs fmt, clippy and every test with
+# real FUSE mounts, loop devices and ext4. Usage: scripts/test.sh [cargo test args...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v fusermount3 >/dev/null 2>&1 || need+=(fuse3)
+command -v fio >/dev/null 2>&1 || need+=(fio)
+command -v mkfs.ext4 >/dev/null 2>&1 || need+=(e2fsprogs)
+command -v losetup >/dev/null 2>&1 || need+=(util-linux)
+command -v blkdiscard >/dev/null 2>&1 || need+=(util-linux)
+command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "== installing: ${need[*]}"
+  if [ "$(id -u)" -ne 0 ]; then echo "error: run as root to install ${need[*]}" >&2; exit 1; fi
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+[ -e /dev/fuse ] || modprobe fuse 2>/dev/null || true
+[ -e /dev/loop-control ] || modprobe loop 2>/dev/null || true
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --all-targets --quiet -- -D warnings
+echo "== cargo test"
+# Tests mount real FUSE and attach loop devices; a few at a time keeps 2-core machines sane.
+cargo test --quiet "$@" -- --test-threads="${TEST_THREADS:-2}"
