@@ -74,7 +74,7 @@ fn enospc_on_the_data_file_system_fails_writes_and_recovers() {
 
     // Writes into unallocated parts of the volume now fail, with ENOSPC or EIO.
     let mut failures = 0;
-    for i in 0..8u64 {
+    for i in 0..16u64 {
         let r = f
             .write_all_at(
                 &common::pseudo_random(100 + i, MIB as usize),
