@@ -6,6 +6,7 @@
 //! - the sector I/O path (`image::VolumeImage` over a temp backing file, with and without
 //!   a `SectorCipher`, both sector sizes): random unaligned writes, punches and reads
 //!   against an in-memory reference model, including across a reopen.
+//!
 //! Fixed regression inputs found by these runs are at the end.
 
 mod common;
@@ -40,7 +41,15 @@ impl Rng {
 /// none may appear in a message. (A mutation may move a value into `metadata.name` or
 /// `namespace`; messages name those, and they are not key material there.)
 fn secret_values(text: &str) -> Vec<String> {
-    const NAMES: &[&str] = &["name", "namespace", "kind", "apiVersion", "type", "uid", "resourceVersion"];
+    const NAMES: &[&str] = &[
+        "name",
+        "namespace",
+        "kind",
+        "apiVersion",
+        "type",
+        "uid",
+        "resourceVersion",
+    ];
     let named: Vec<&str> = text
         .lines()
         .filter_map(|l| l.split_once(':'))
@@ -48,7 +57,11 @@ fn secret_values(text: &str) -> Vec<String> {
         .map(|(_, v)| v)
         .collect();
     text.split(|c: char| c.is_whitespace() || "\"',{}:[]".contains(c))
-        .filter(|w| w.len() >= 12 && w.chars().all(|c| c.is_ascii_alphanumeric() || "+/=".contains(c)))
+        .filter(|w| {
+            w.len() >= 12
+                && w.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+/=".contains(c))
+        })
         .filter(|w| w.chars().any(|c| c.is_ascii_digit() || "+/=".contains(c)))
         .filter(|w| !named.iter().any(|v| v.contains(w)))
         .map(str::to_string)
@@ -222,7 +235,8 @@ fn parser_never_panics_and_never_echoes_values() {
                 let n = 12 + rng.below(40) as usize;
                 s.push_str(&base64_of(&common::pseudo_random(rng.next(), n)));
             } else {
-                s.push_str(*rng.pick(TOKENS));
+                let t: &&str = rng.pick(TOKENS);
+                s.push_str(t);
             }
         }
         let case = format!("token seed {seed}");
@@ -406,7 +420,10 @@ fn values_in_wrong_places_are_not_quoted_in_errors() {
     for (i, c) in cases.iter().enumerate() {
         let msgs = parse_and_load(c.as_bytes(), &format!("regression {i}"));
         for m in &msgs {
-            assert!(!m.contains(v) && !m.contains(&v[..16]), "regression {i}: value quoted in {m:?}\ninput: {c:?}");
+            assert!(
+                !m.contains(v) && !m.contains(&v[..16]),
+                "regression {i}: value quoted in {m:?}\ninput: {c:?}"
+            );
         }
     }
 }

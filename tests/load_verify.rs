@@ -63,7 +63,10 @@ fn fio(dev: &str, name: &str, args: &[&str]) -> FioTotals {
     for job in v["jobs"].as_array().unwrap() {
         let w = job["write"]["io_bytes"].as_u64().unwrap_or(0);
         let r = job["read"]["io_bytes"].as_u64().unwrap_or(0);
-        assert!(w > 0 && r >= w, "fio {name}: a job did not write and verify everything: {job}");
+        assert!(
+            w > 0 && r >= w,
+            "fio {name}: a job did not write and verify everything: {job}"
+        );
     }
     eprintln!("fio {name}: {t:?}");
     t

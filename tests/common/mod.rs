@@ -196,10 +196,10 @@ pub fn cleanup_under(root: &Path) {
     {
         for line in String::from_utf8_lossy(&o.stdout).lines() {
             let mut it = line.split_whitespace();
-            if let (Some(dev), Some(file)) = (it.next(), it.next()) {
-                if file.starts_with(&root_s) {
-                    let _ = Command::new("losetup").arg("-d").arg(dev).output();
-                }
+            if let (Some(dev), Some(file)) = (it.next(), it.next())
+                && file.starts_with(&root_s)
+            {
+                let _ = Command::new("losetup").arg("-d").arg(dev).output();
             }
         }
     }
@@ -322,7 +322,7 @@ pub fn server_pid(mount_point: &Path) -> Option<i32> {
             .collect();
         if args.first().is_some_and(|a| a.ends_with("storageos-fuse"))
             && args.iter().any(|a| a == "mount")
-            && args.iter().any(|a| *a == want)
+            && args.contains(&want)
         {
             found = Some(pid);
         }
