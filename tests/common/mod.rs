@@ -320,9 +320,21 @@ pub fn server_pid(mount_point: &Path) -> Option<i32> {
             .split(|&b| b == 0)
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect();
+        // The server holds /dev/fuse open (a `--background` parent that has not exited
+        // yet has the same command line but no /dev/fuse).
+        let holds_fuse = || {
+            fs::read_dir(e.path().join("fd"))
+                .map(|fds| {
+                    fds.flatten().any(|fd| {
+                        fs::read_link(fd.path()).is_ok_and(|t| t == Path::new("/dev/fuse"))
+                    })
+                })
+                .unwrap_or(false)
+        };
         if args.first().is_some_and(|a| a.ends_with("storageos-fuse"))
             && args.iter().any(|a| a == "mount")
             && args.contains(&want)
+            && holds_fuse()
         {
             found = Some(pid);
         }
@@ -335,12 +347,20 @@ pub fn kill_server(mount_point: &Path) -> i32 {
     let pid = server_pid(mount_point).expect("a server process for the mount");
     // SAFETY: kill(2) on a pid we just found; no memory is involved.
     unsafe { libc::kill(pid, libc::SIGKILL) };
-    while Path::new(&format!("/proc/{pid}/cmdline")).exists()
-        && fs::read(format!("/proc/{pid}/cmdline"))
-            .map(|c| !c.is_empty())
-            .unwrap_or(false)
-    {
-        std::thread::sleep(std::time::Duration::from_millis(5));
+    // Gone or a zombie: only then are its descriptors (and so the FUSE connection)
+    // released; an empty cmdline comes earlier, when its memory is freed.
+    loop {
+        let state = fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .map(|(_, r)| r.trim_start().chars().next())
+            })
+            .flatten();
+        match state {
+            None | Some('Z') | Some('X') => break,
+            _ => std::thread::sleep(std::time::Duration::from_millis(2)),
+        }
     }
     pid
 }
