@@ -251,11 +251,12 @@ pub fn sh(cmd: &str) -> String {
 }
 
 pub fn sha256_file(p: &Path) -> String {
+    use std::io::Read;
     let mut h = Sha256::new();
     let mut f = fs::File::open(p).expect("open");
-    let mut buf = vec![0u8; 1 << 16];
+    let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = std::io::Read::read(&mut f, &mut buf).expect("read");
+        let n = f.read(&mut buf).expect("read");
         if n == 0 {
             break;
         }
