@@ -348,20 +348,27 @@ pub fn kill_server(mount_point: &Path) -> i32 {
     let pid = server_pid(mount_point).expect("a server process for the mount");
     // SAFETY: kill(2) on a pid we just found; no memory is involved.
     unsafe { libc::kill(pid, libc::SIGKILL) };
-    // Gone or a zombie: only then are its descriptors (and so the FUSE connection)
-    // released; an empty cmdline comes earlier, when its memory is freed.
+    // Every thread gone or a zombie: only then are its descriptors (and so the FUSE
+    // connection) released. The leader turns zombie before its other threads are done,
+    // and an empty cmdline comes earlier still, when its memory is freed.
+    let state = |stat: &Path| {
+        fs::read_to_string(stat).ok().and_then(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, r)| r.trim_start().chars().next())
+        })
+    };
     loop {
-        let state = fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| {
-                s.rsplit_once(')')
-                    .map(|(_, r)| r.trim_start().chars().next())
+        let live = fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|tasks| {
+                tasks
+                    .flatten()
+                    .any(|t| !matches!(state(&t.path().join("stat")), None | Some('Z') | Some('X')))
             })
-            .flatten();
-        match state {
-            None | Some('Z') | Some('X') => break,
-            _ => std::thread::sleep(std::time::Duration::from_millis(2)),
+            .unwrap_or(false);
+        if !live {
+            break;
         }
+        std::thread::sleep(std::time::Duration::from_millis(2));
     }
     pid
 }
