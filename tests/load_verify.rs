@@ -36,6 +36,8 @@ fn fio(dev: &str, name: &str, args: &[&str]) -> FioTotals {
             "--verify_fatal=1",
             "--do_verify=1",
             "--output-format=json",
+            // No verify state files left in the working directory.
+            "--verify_state_save=0",
         ])
         .args(args)
         .output()
@@ -356,6 +358,7 @@ fn fio_verify_catches_a_corrupted_backing_sector() {
                 "--size=4M",
                 "--verify=crc32c",
                 "--verify_fatal=1",
+                "--verify_state_save=0",
             ])
             .args(extra)
             .output()
