@@ -403,3 +403,50 @@ fn record_checker_finds_damage() {
     zeroed[third..third + 4096.min(log.len() - third)].fill(0);
     assert_eq!(intact_records(&zeroed), 2);
 }
+
+/// A foreground `mount` onto a stale mount point recovers it and says so on stderr, then
+/// serves the data that was there.
+#[test]
+fn foreground_mount_onto_a_stale_mount_point() {
+    if !common::require_real(&[]) {
+        return;
+    }
+    let env = Env::new();
+    env.inspect_created("fg", &["--size", "1Mi"]);
+    let img = env.mount_bg("fg", "fg");
+    let f = OpenOptions::new().write(true).open(&img).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"before the kill", 100).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    kill_server(&img);
+    assert!(is_dead(&img));
+    let mut child = env
+        .cmd()
+        .args(["mount", "fg", "--at", img.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), img.to_str().unwrap(), "serving again");
+    let mut buf = [0u8; 15];
+    std::os::unix::fs::FileExt::read_exact_at(&fs::File::open(&img).unwrap(), &mut buf, 100)
+        .unwrap();
+    assert_eq!(&buf, b"before the kill");
+    env.ok(&["umount", "fg"]);
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    assert!(
+        err.contains("dead mount") && err.contains(img.to_str().unwrap()),
+        "the foreground mount says it recovered the stale mount point: {err}"
+    );
+    assert_eq!(common::mounts_at(&img), 0);
+}
