@@ -98,7 +98,9 @@ pub fn mount_at(path: &Path) -> io::Result<Option<MountEntry>> {
 
 /// A mount whose server is gone: the kernel answers ENOTCONN to every request. `stat`
 /// alone is not enough (attributes are cached for a long TTL and answered without the
-/// server), so this asks `statfs`, which always reaches the server.
+/// server), so this asks `statfs`, which always reaches the server. A live server that does
+/// not answer within a few seconds (hung) is not called dead: the question is asked on a
+/// helper thread so the caller never blocks on it.
 pub fn is_dead_mount(path: &Path) -> bool {
     if matches!(std::fs::metadata(path), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN)) {
         return true;
@@ -106,11 +108,17 @@ pub fn is_dead_mount(path: &Path) -> bool {
     let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
         return false;
     };
-    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
-    // SAFETY: `c` is a valid NUL-terminated path and `st` points to writable memory of
-    // the size statfs(2) fills; it is only read by the kernel call, never by us.
-    let rc = unsafe { libc::statfs(c.as_ptr(), st.as_mut_ptr()) };
-    rc != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ENOTCONN)
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
+        // SAFETY: `c` is a valid NUL-terminated path and `st` points to writable memory
+        // of the size statfs(2) fills; it is only written by the kernel, never read here.
+        let rc = unsafe { libc::statfs(c.as_ptr(), st.as_mut_ptr()) };
+        let dead = rc != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ENOTCONN);
+        let _ = tx.send(dead);
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(5))
+        .unwrap_or(false)
 }
 
 fn umount2(path: &Path, flags: i32) -> io::Result<()> {
