@@ -98,6 +98,7 @@ fn append_worker() {
 struct Round {
     file: String,
     acked: Option<u64>,
+    seed: u64,
 }
 
 /// Runs the worker on `file` until `kill_after` records are acknowledged, waits a seeded
@@ -182,26 +183,58 @@ fn fsynced_records_survive_sigkill_of_the_server() {
         return;
     }
     let env = Env::new();
-    env.inspect_created(
-        "crash",
-        &["--size", "96Mi", "--label", "storageos.com/encryption=true"],
+    // 8 rounds on a 4096-byte-sector volume, 4 on a 512-byte-sector one (loop device
+    // with 512-byte sectors too): 12 rounds.
+    let (a1, b1) = crash_rounds(&env, "crash", "4096", 0..8);
+    let (a2, b2) = crash_rounds(&env, "crash512", "512", 8..ROUNDS);
+    eprintln!(
+        "RESULT crash: {ROUNDS} rounds survived (8 with 4096-byte sectors, 4 with 512), {} acknowledged records, {} bytes in {ROUNDS} files verified after the last recovery of each volume (every file re-checked after every round), none lost",
+        a1 + a2,
+        b1 + b2
     );
-    let img = env.mount_bg("crash", "crash");
-    let fsdir = env.path("fs");
-    let mut lo = Loop::attach(&img, &[]);
+}
+
+/// Crash rounds `rounds` on a new encrypted volume `vol`; returns the acknowledged records
+/// and the bytes of all round files at the last check.
+fn crash_rounds(
+    env: &Env,
+    vol: &str,
+    sector: &str,
+    rounds_range: std::ops::Range<u64>,
+) -> (u64, u64) {
+    env.inspect_created(
+        vol,
+        &[
+            "--size",
+            "96Mi",
+            "--sector-size",
+            sector,
+            "--label",
+            "storageos.com/encryption=true",
+        ],
+    );
+    let img = env.mount_bg(vol, vol);
+    let fsdir = env.path(&format!("fs-{vol}"));
+    let loop_args: &[&str] = if sector == "512" {
+        &["--sector-size", "512"]
+    } else {
+        &[]
+    };
+    let mut lo = Loop::attach(&img, loop_args);
     sh(&format!("mkfs.ext4 -q -F {}", lo.dev));
     mount_ext4(&lo.dev, &fsdir);
 
     let mut rounds: Vec<Round> = Vec::new();
     let mut bytes_checked = 0u64;
-    for r in 0..ROUNDS {
+    let last = rounds_range.end - 1;
+    for r in rounds_range.clone() {
         let seed = 0x5eed_0000 + r;
         let rnd = common::pseudo_random(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15), 16);
         let kill_after = 3 + (u16::from_le_bytes([rnd[0], rnd[1]]) as u64 % 200);
         let extra_us = (u16::from_le_bytes([rnd[2], rnd[3]]) as u64) % 4000;
         let file = format!("round-{r}.log");
         let acked = run_until_killed(&fsdir.join(&file), seed, kill_after, extra_us, &img);
-        rounds.push(Round { file, acked });
+        rounds.push(Round { file, acked, seed });
 
         // Recovery, as an operator would do it: file system off, loop device off, dead
         // FUSE mount cleared by the product, served again, checked, mounted.
@@ -219,26 +252,20 @@ fn fsynced_records_survive_sigkill_of_the_server() {
                     out.contains("dead mount") && out.contains(img.to_str().unwrap()),
                     "umount PATH says what it did: {out}"
                 );
-                env.mount_bg("crash", "crash");
+                env.mount_bg(vol, vol);
             }
             1 => {
-                let out = env.ok(&["umount", "crash"]);
+                let out = env.ok(&["umount", vol]);
                 assert!(
                     out.contains("dead mount"),
                     "umount VOLUME says what it did: {out}"
                 );
-                env.mount_bg("crash", "crash");
+                env.mount_bg(vol, vol);
             }
             _ => {
                 let o = env
                     .cmd()
-                    .args([
-                        "mount",
-                        "crash",
-                        "--at",
-                        img.to_str().unwrap(),
-                        "--background",
-                    ])
+                    .args(["mount", vol, "--at", img.to_str().unwrap(), "--background"])
                     .output()
                     .unwrap();
                 assert!(
@@ -262,11 +289,11 @@ fn fsynced_records_survive_sigkill_of_the_server() {
             1,
             "round {r}: exactly one mount on the image path"
         );
-        lo = Loop::attach(&img, &[]);
+        lo = Loop::attach(&img, loop_args);
         e2fsck(&lo.dev);
         mount_ext4(&lo.dev, &fsdir);
 
-        for (i, past) in rounds.iter().enumerate() {
+        for (past_seed, past) in rounds.iter().map(|p| (p.seed, p)) {
             let bytes = fs::read(fsdir.join(&past.file)).unwrap_or_default();
             let intact = intact_records(&bytes);
             let need = past.acked.map_or(0, |a| a + 1);
@@ -274,15 +301,15 @@ fn fsynced_records_survive_sigkill_of_the_server() {
                 intact >= need,
                 "round {r}: {} lost acknowledged records: {intact} intact, {need} acknowledged (seed {:#x})",
                 past.file,
-                0x5eed_0000 + i as u64
+                past_seed
             );
-            if r == ROUNDS - 1 {
+            if r == last {
                 bytes_checked += bytes.len() as u64;
             }
         }
         eprintln!(
-            "round {r}: seed {seed:#x}, killed after {} acked records (+{extra_us} us), recovered via {}, all acknowledged records intact",
-            rounds[r as usize].acked.map_or(0, |a| a + 1),
+            "round {r} ({sector}-byte sectors): seed {seed:#x}, killed after {} acked records (+{extra_us} us), recovered via {}, all acknowledged records intact",
+            rounds.last().unwrap().acked.map_or(0, |a| a + 1),
             [
                 "umount PATH",
                 "umount VOLUME",
@@ -291,12 +318,10 @@ fn fsynced_records_survive_sigkill_of_the_server() {
         );
     }
     let total: u64 = rounds.iter().map(|r| r.acked.map_or(0, |a| a + 1)).sum();
-    eprintln!(
-        "RESULT crash: {ROUNDS} rounds survived, {total} acknowledged records, {bytes_checked} bytes in {ROUNDS} files verified after the last recovery (every file re-checked after every round), none lost"
-    );
     umount_ext4(&fsdir);
     lo.detach();
-    env.ok(&["umount", "crash"]);
+    env.ok(&["umount", vol]);
+    (total, bytes_checked)
 }
 
 /// A dead FUSE mount answers ENOTCONN (statfs always reaches the server; stat may be cached).
