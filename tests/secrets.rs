@@ -130,10 +130,8 @@ fn no_key_byte_in_any_output_or_log_at_trace() {
         &mut outputs,
     );
 
-    // Background mount (its log is <data-dir>/logs/<id>.log), with I/O. The background
-    // child's output before it is ready (key loading, unlock) goes to its parent, which
-    // shows it only on failure; the foreground mount below runs the same code with its
-    // whole stderr captured.
+    // Background mount (its log is <data-dir>/logs/<id>.log, start-up output included),
+    // with I/O.
     let img = env.path("secret.img");
     traced(
         &env,
@@ -202,6 +200,18 @@ fn no_key_byte_in_any_output_or_log_at_trace() {
         let p = e.unwrap().path();
         outputs.push((p.display().to_string(), fs::read(&p).unwrap()));
     }
+    let bg_log = String::from_utf8_lossy(
+        &outputs
+            .iter()
+            .find(|(w, _)| w.ends_with(&format!("{id}.log")))
+            .expect("the background server's log")
+            .1,
+    )
+    .into_owned();
+    assert!(
+        bg_log.contains("before it was serving") && bg_log.contains("DEBUG"),
+        "the background log keeps the start-up output at trace: {bg_log}"
+    );
     assert!(
         outputs
             .iter()

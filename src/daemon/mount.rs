@@ -219,15 +219,28 @@ fn spawn_background(mgr: &Manager, meta: &VolumeMeta) -> Result<()> {
         .process_group(0)
         .spawn()
         .map_err(|e| Error::Io(format!("cannot start the background server: {e}")))?;
+    // Drain the child's stderr while it starts, so its output (RUST_LOG=trace can be
+    // long) never fills the pipe and stalls it before it is serving.
+    let stderr = child.stderr.take().expect("piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(drain(stderr, EARLY_OUTPUT_LIMIT));
+    });
     let mut line = String::new();
     let mut out = BufReader::new(child.stdout.take().expect("piped"));
     let _ = out.read_line(&mut line);
     if !line.trim().is_empty() {
+        // Serving. Its stderr now goes to its log; what it wrote before (key loading,
+        // mounting) is kept there too. If it could not open its log, the pipe stays open:
+        // do not wait for it.
+        if let Ok(early) = rx.recv_timeout(Duration::from_secs(2)) {
+            keep_early_output(mgr, meta, &early);
+        }
         print!("{line}");
         return Ok(());
     }
-    let mut err = String::new();
-    let _ = child.stderr.take().expect("piped").read_to_string(&mut err);
+    let err = rx.recv().unwrap_or_default();
+    let err = String::from_utf8_lossy(&err);
     let _ = child.wait();
     let msg = err
         .lines()
@@ -241,8 +254,51 @@ fn spawn_background(mgr: &Manager, meta: &VolumeMeta) -> Result<()> {
                 err.trim()
             )
         });
-    let _ = mgr;
     Err(Error::Mount(msg))
+}
+
+/// At most this much of a background server's start-up output is kept.
+const EARLY_OUTPUT_LIMIT: usize = 1 << 20;
+
+/// Reads `r` to its end, keeping the first `limit` bytes.
+fn drain(mut r: impl Read, limit: usize) -> Vec<u8> {
+    let mut kept = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) | Err(_) => return kept,
+            Ok(n) => {
+                let room = limit.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+            }
+        }
+    }
+}
+
+/// Appends a background server's start-up output to its log.
+fn keep_early_output(mgr: &Manager, meta: &VolumeMeta, early: &[u8]) {
+    if early.is_empty() {
+        return;
+    }
+    let path = mgr
+        .store
+        .data_dir()
+        .join("logs")
+        .join(format!("{}.log", meta.id));
+    if let Ok(mut log) = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&path)
+    {
+        let mut text = b"--- output of the server before it was serving ---\n".to_vec();
+        text.extend_from_slice(early);
+        if !text.ends_with(b"\n") {
+            text.push(b'\n');
+        }
+        text.extend_from_slice(b"--- end of start-up output ---\n");
+        let _ = log.write_all(&text);
+    }
 }
 
 /// `umount VOLUME|PATH`: unmounts, then waits until the server process has let go of the
