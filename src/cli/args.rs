@@ -84,7 +84,8 @@ pub enum VolumeCommand {
         /// NAMESPACE/NAME or NAME (namespace `default`)
         volume: String,
         /// Size as a Kubernetes quantity (5Gi, 512Mi, 1T) or bytes; rounded up to the sector size
-        #[arg(long)]
+        // Hyphen values reach the size parser, which says why `-1Gi` is not a size.
+        #[arg(long, allow_hyphen_values = true)]
         size: Option<String>,
         /// KEY=VALUE; repeatable
         #[arg(long = "label", short = 'l', value_name = "KEY=VALUE")]

@@ -24,11 +24,19 @@ pub fn parse() -> Cli {
         Err(e) if !e.use_stderr() => e.exit(),
         Err(e) => {
             let text = e.to_string();
+            // clap puts what is missing or wrong on the lines after the first (for
+            // example the required flags): keep everything before the usage, on one line.
             let first = text
                 .lines()
-                .next()
-                .unwrap_or("error: invalid arguments")
-                .trim_end();
+                .take_while(|l| !l.trim().is_empty() && !l.starts_with("Usage:"))
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join(" ");
+            let first = if first.is_empty() {
+                "error: invalid arguments"
+            } else {
+                first.as_str()
+            };
             let first = if first.starts_with("error:") {
                 first.to_string()
             } else {

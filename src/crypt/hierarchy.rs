@@ -8,7 +8,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
-use super::key::{Iv, Kek, NamespaceKey, VK_LEN, VolumeKey};
+use super::key::{Iv, Kek, KeyError, NamespaceKey, VK_LEN, VolumeKey};
 
 /// Length of the wrapped volume key: VK plus the 8-byte integrity block.
 pub const VUK_LEN: usize = VK_LEN + 8;
@@ -37,16 +37,33 @@ pub fn wrap_volume_key(kek: &Kek, vk: &VolumeKey) -> [u8; VUK_LEN] {
     out
 }
 
-/// Unwraps a VUK. `None` when the integrity check fails (wrong NSK, IV, id, or a
-/// corrupted VUK) or the unwrapped key is not a valid XTS key.
-pub fn unwrap_volume_key(kek: &Kek, vuk: &[u8]) -> Option<VolumeKey> {
+/// Why a VUK did not unwrap into a usable volume key. Carries no key bytes.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum UnwrapError {
+    /// The RFC 3394 integrity check failed: wrong NSK, IV or id, or a corrupted VUK.
+    #[error("the wrapped key does not open with this key-encryption key")]
+    Integrity,
+    /// The wrapped key opened, but what it holds is not a valid XTS key (equal halves).
+    #[error("the unwrapped key {0}")]
+    InvalidKey(#[from] KeyError),
+}
+
+/// Unwraps a VUK, telling a failed integrity check apart from an invalid key inside.
+pub fn unwrap_volume_key_checked(kek: &Kek, vuk: &[u8]) -> Result<VolumeKey, UnwrapError> {
     if vuk.len() != VUK_LEN {
-        return None;
+        return Err(UnwrapError::Integrity);
     }
     let kw = KwAes256::new((&kek.0).into());
     let mut out = Zeroizing::new([0u8; VK_LEN]);
-    kw.unwrap_key(vuk, &mut out[..]).ok()?;
-    VolumeKey::from_bytes(&out[..]).ok()
+    kw.unwrap_key(vuk, &mut out[..])
+        .map_err(|_| UnwrapError::Integrity)?;
+    Ok(VolumeKey::from_bytes(&out[..])?)
+}
+
+/// Unwraps a VUK. `None` when the integrity check fails (wrong NSK, IV, id, or a
+/// corrupted VUK) or the unwrapped key is not a valid XTS key.
+pub fn unwrap_volume_key(kek: &Kek, vuk: &[u8]) -> Option<VolumeKey> {
+    unwrap_volume_key_checked(kek, vuk).ok()
 }
 
 /// The digest that identifies a volume key without revealing it.
@@ -60,6 +77,29 @@ pub fn key_digest(vk: &VolumeKey) -> [u8; KEY_DIGEST_LEN] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A VUK that passes the integrity check but holds a key with equal XTS halves is
+    /// refused as an invalid key, not reported as a wrong namespace key.
+    #[test]
+    fn equal_halves_inside_a_valid_wrap_are_refused() {
+        let kek = derive_kek(
+            &NamespaceKey::from_bytes(&[3u8; 32]).unwrap(),
+            &Iv::from_bytes(&[4u8; 32]).unwrap(),
+            "4276fc07-7d85-70bf-35a0-f0b005e55e0f",
+        );
+        let kw = KwAes256::new((&kek.0).into());
+        let mut vuk = [0u8; VUK_LEN];
+        kw.wrap_key(&[9u8; VK_LEN], &mut vuk).unwrap();
+        assert_eq!(
+            unwrap_volume_key_checked(&kek, &vuk).unwrap_err(),
+            UnwrapError::InvalidKey(KeyError::EqualHalves)
+        );
+        vuk[0] ^= 1;
+        assert_eq!(
+            unwrap_volume_key_checked(&kek, &vuk).unwrap_err(),
+            UnwrapError::Integrity
+        );
+    }
 
     /// RFC 3394 section 4.6: wrap 256 bits of key data with a 256-bit KEK. Checked through
     /// the same type path (the crate's KwAes256) used for the 512-bit VK.

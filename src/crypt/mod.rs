@@ -11,7 +11,8 @@ mod random;
 mod xts;
 
 pub use hierarchy::{
-    KEY_DIGEST_LEN, VUK_LEN, derive_kek, key_digest, unwrap_volume_key, wrap_volume_key,
+    KEY_DIGEST_LEN, UnwrapError, VUK_LEN, derive_kek, key_digest, unwrap_volume_key,
+    unwrap_volume_key_checked, wrap_volume_key,
 };
 pub use key::{IV_LEN, Iv, Kek, KeyError, NSK_LEN, NamespaceKey, VK_LEN, VolumeKey};
 pub use random::fill_random;

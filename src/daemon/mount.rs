@@ -46,6 +46,8 @@ pub fn run_mount(mgr: &Manager, req: &MountRequest) -> Result<()> {
         let meta = mgr.find(&req.volume)?;
         let keys = mgr.load_keys()?;
         mgr.cipher_for(&meta, &keys)?;
+        // Recover a stale mount point here, where stderr still reaches the user.
+        recover_dead_mount(&mount_path(req, &meta)?)?;
         return spawn_background(mgr, &meta);
     }
     let meta = mgr.find(&req.volume)?;
@@ -62,11 +64,7 @@ pub fn run_mount(mgr: &Manager, req: &MountRequest) -> Result<()> {
         )),
         other => other.into(),
     })?;
-    let at = match &req.at {
-        Some(p) => std::path::absolute(p)
-            .map_err(|e| Error::Usage(format!("--at {}: {e}", p.display())))?,
-        None => default_mount_path(&meta),
-    };
+    let at = mount_path(req, &meta)?;
     prepare_mount_point(&at)?;
 
     let opts = FsOptions {
@@ -94,17 +92,31 @@ pub fn run_mount(mgr: &Manager, req: &MountRequest) -> Result<()> {
     Ok(())
 }
 
-/// Creates the mount point file (mode 0600) and its parents, or recovers a dead mount left
-/// there by a server that was killed.
-fn prepare_mount_point(at: &Path) -> Result<()> {
+fn mount_path(req: &MountRequest, meta: &VolumeMeta) -> Result<PathBuf> {
+    Ok(match &req.at {
+        Some(p) => std::path::absolute(p)
+            .map_err(|e| Error::Usage(format!("--at {}: {e}", p.display())))?,
+        None => default_mount_path(meta),
+    })
+}
+
+/// Clears a dead mount (its server was killed) left on `at`, saying so on stderr.
+fn recover_dead_mount(at: &Path) -> Result<()> {
     if mounts::is_dead_mount(at) {
+        mounts::clear_dead_mount(at)
+            .map_err(|e| Error::Mount(format!("cannot clear dead mount {}: {e}", at.display())))?;
         eprintln!(
             "storageos-fuse: {} was a dead mount (its server had stopped); cleared it and mounting again",
             at.display()
         );
-        mounts::clear_dead_mount(at)
-            .map_err(|e| Error::Mount(format!("cannot clear dead mount {}: {e}", at.display())))?;
     }
+    Ok(())
+}
+
+/// Creates the mount point file (mode 0600) and its parents, or recovers a dead mount left
+/// there by a server that was killed.
+fn prepare_mount_point(at: &Path) -> Result<()> {
+    recover_dead_mount(at)?;
     if let Ok(Some(m)) = mounts::mount_at(at) {
         return Err(Error::Mount(format!(
             "{} is already a mount point (source {}); choose another --at or unmount it",
@@ -268,6 +280,7 @@ pub fn run_umount(mgr: &Manager, target: &str) -> Result<()> {
         )
     };
     for p in &paths {
+        let dead = mounts::is_dead_mount(p);
         mounts::unmount(p).map_err(|e| {
             if e.raw_os_error() == Some(libc::EBUSY) {
                 Error::Mount(format!(
@@ -279,6 +292,12 @@ pub fn run_umount(mgr: &Manager, target: &str) -> Result<()> {
                 Error::Mount(format!("cannot unmount {}: {e}", p.display()))
             }
         })?;
+        if dead {
+            println!(
+                "cleared dead mount {} (its server had stopped); serve it again with `storageos-fuse mount`",
+                p.display()
+            );
+        }
     }
     if let Some(id) = volume_id {
         let data = mgr.store.data_path(&id);

@@ -96,9 +96,21 @@ pub fn mount_at(path: &Path) -> io::Result<Option<MountEntry>> {
         .find(|m| m.mount_point == path))
 }
 
-/// A mount whose server is gone: the kernel answers ENOTCONN to every access.
+/// A mount whose server is gone: the kernel answers ENOTCONN to every request. `stat`
+/// alone is not enough (attributes are cached for a long TTL and answered without the
+/// server), so this asks `statfs`, which always reaches the server.
 pub fn is_dead_mount(path: &Path) -> bool {
-    matches!(std::fs::metadata(path), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN))
+    if matches!(std::fs::metadata(path), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN)) {
+        return true;
+    }
+    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: `c` is a valid NUL-terminated path and `st` points to writable memory of
+    // the size statfs(2) fills; it is only read by the kernel call, never by us.
+    let rc = unsafe { libc::statfs(c.as_ptr(), st.as_mut_ptr()) };
+    rc != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ENOTCONN)
 }
 
 fn umount2(path: &Path, flags: i32) -> io::Result<()> {

@@ -102,6 +102,22 @@ pub fn parse_manifests(bytes: &[u8]) -> Result<Vec<DocResult>, ManifestError> {
     Ok(out)
 }
 
+/// An item name as it may appear in a message. Kubernetes item names are short words
+/// (`[-._a-zA-Z0-9]+`); anything else may be a value that lost its line break (a key
+/// pasted where its name belongs), so it is withheld.
+fn printable_item_name(field: &str) -> String {
+    let plain = !field.is_empty()
+        && field.len() <= 32
+        && field
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
+    if plain {
+        field.to_string()
+    } else {
+        "<an item whose name is not a valid key name: withheld, it may be a value>".to_string()
+    }
+}
+
 fn one_line(e: &serde_saphyr::Error) -> String {
     let rendered = e.without_snippet().to_string();
     let first = rendered
@@ -162,7 +178,7 @@ fn to_manifest(doc: RawDoc, what: &str) -> DocResult {
             .decode(compact.as_bytes())
             .map_err(|_| ManifestError::NotBase64 {
                 name: name.clone(),
-                field: field.clone(),
+                field: printable_item_name(&field),
             })?;
         data.insert(field, Zeroizing::new(decoded));
     }

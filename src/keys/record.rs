@@ -171,7 +171,10 @@ impl VolKeyRecord {
             return Err(UnlockError::WrongVolume);
         }
         let kek = crypt::derive_kek(&self.nsk, &self.iv, volume_id);
-        let vk = crypt::unwrap_volume_key(&kek, &self.vuk).ok_or(UnlockError::Unwrap)?;
+        let vk = crypt::unwrap_volume_key_checked(&kek, &self.vuk).map_err(|e| match e {
+            crypt::UnwrapError::Integrity => UnlockError::Unwrap,
+            crypt::UnwrapError::InvalidKey(_) => UnlockError::InvalidKey,
+        })?;
         let d = crypt::key_digest(&vk);
         if !ct_eq(&d, &self.digest) || !ct_eq(&d, volume_digest) {
             return Err(UnlockError::DigestMismatch);
@@ -193,6 +196,10 @@ pub enum UnlockError {
         "its wrapped key does not open with its namespace key (vuk, iv or nsk altered, or copied from another volume)"
     )]
     Unwrap,
+    #[error(
+        "the wrapped key opens, but the volume key inside is not a valid XTS key (its data and tweak halves are equal)"
+    )]
+    InvalidKey,
     #[error("the unwrapped key does not match the digest recorded for the volume (key mismatch)")]
     DigestMismatch,
 }

@@ -82,6 +82,17 @@ pub enum VolumeRef {
 
 impl VolumeRef {
     pub fn parse(s: &str) -> Result<Self, String> {
+        Self::parse_inner(s).map_err(|e| {
+            if s.contains('/') {
+                // Name the whole argument: the part that failed may be empty or a fragment.
+                format!("volume {s:?}: {e}; a VOLUME is NAMESPACE/NAME, NAME or an id")
+            } else {
+                e
+            }
+        })
+    }
+
+    fn parse_inner(s: &str) -> Result<Self, String> {
         match s.split_once('/') {
             Some((ns, name)) => {
                 validate_namespace(ns)?;

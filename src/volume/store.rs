@@ -44,6 +44,9 @@ pub struct StagedVolume {
     dir: PathBuf,
     target: PathBuf,
     committed: bool,
+    /// Parent directories this staging created (deepest last): removed again, if still
+    /// empty, when the creation is abandoned, so a refused create leaves no trace.
+    created_parents: Vec<PathBuf>,
 }
 
 impl StagedVolume {
@@ -66,6 +69,10 @@ impl Drop for StagedVolume {
     fn drop(&mut self) {
         if !self.committed {
             let _ = fs::remove_dir_all(&self.dir);
+            for d in self.created_parents.iter().rev() {
+                // remove_dir refuses non-empty directories: anything else there stays.
+                let _ = fs::remove_dir(d);
+            }
         }
     }
 }
@@ -170,14 +177,19 @@ impl VolumeStore {
     /// Creates the hidden staging directory with a sparse data file of exactly `size` bytes.
     pub fn stage(&self, id: &str, size: u64) -> Result<StagedVolume, VolumeError> {
         let vols = self.volumes_dir();
-        fsutil::create_private_dir(&vols).map_err(|e| io_err("create", &vols, e))?;
+        let created_parents: Vec<PathBuf> = [self.data_dir.clone(), vols.clone()]
+            .into_iter()
+            .filter(|d| !d.exists())
+            .collect();
         let dir = vols.join(format!(".staging-{id}"));
-        fsutil::create_private_dir(&dir).map_err(|e| io_err("create", &dir, e))?;
         let staged = StagedVolume {
             dir: dir.clone(),
             target: self.volume_dir(id),
             committed: false,
+            created_parents,
         };
+        fsutil::create_private_dir(&vols).map_err(|e| io_err("create", &vols, e))?;
+        fsutil::create_private_dir(&dir).map_err(|e| io_err("create", &dir, e))?;
         let data = dir.join("data");
         let f = OpenOptions::new()
             .write(true)
@@ -185,7 +197,17 @@ impl VolumeStore {
             .mode(0o600)
             .open(&data)
             .map_err(|e| io_err("create", &data, e))?;
-        f.set_len(size).map_err(|e| io_err("size", &data, e))?;
+        f.set_len(size).map_err(|e| {
+            if e.raw_os_error() == Some(libc::EFBIG) {
+                VolumeError::Io(format!(
+                    "a volume of {} is larger than the file system of the data directory {} allows for one file; use a smaller --size or another --data-dir",
+                    super::size::format_size(size),
+                    self.data_dir.display()
+                ))
+            } else {
+                io_err("size", &data, e)
+            }
+        })?;
         f.sync_all().map_err(|e| io_err("sync", &data, e))?;
         Ok(staged)
     }

@@ -130,6 +130,15 @@ impl Env {
         self.data.join("volumes").join(id)
     }
 
+    /// `volume create VOLUME EXTRA...`; returns the new volume's id.
+    pub fn inspect_created(&self, volume: &str, extra: &[&str]) -> String {
+        let mut args = vec!["volume", "create", volume];
+        args.extend_from_slice(extra);
+        let out = self.ok(&args);
+        let v: serde_json::Value = serde_json::from_str(&out).expect("create prints JSON");
+        v["id"].as_str().expect("id").to_string()
+    }
+
     /// `mount --background --at <root>/<name>.img`; returns the image path.
     pub fn mount_bg(&self, volume: &str, name: &str) -> PathBuf {
         let img = self.path(&format!("{name}.img"));
@@ -294,4 +303,88 @@ pub fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
     }
     v.truncate(len);
     v
+}
+
+/// The pid of the process serving the FUSE mount at `mount_point`: a storageos-fuse
+/// process whose command line names that path.
+pub fn server_pid(mount_point: &Path) -> Option<i32> {
+    let want = mount_point.to_string_lossy().to_string();
+    let mut found = None;
+    for e in fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmd) = fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmd
+            .split(|&b| b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        // The server holds /dev/fuse open (a `--background` parent that has not exited
+        // yet has the same command line but no /dev/fuse).
+        let holds_fuse = || {
+            fs::read_dir(e.path().join("fd"))
+                .map(|fds| {
+                    fds.flatten().any(|fd| {
+                        fs::read_link(fd.path()).is_ok_and(|t| t == Path::new("/dev/fuse"))
+                    })
+                })
+                .unwrap_or(false)
+        };
+        if args.first().is_some_and(|a| a.ends_with("storageos-fuse"))
+            && args.iter().any(|a| a == "mount")
+            && args.contains(&want)
+            && holds_fuse()
+        {
+            found = Some(pid);
+        }
+    }
+    found
+}
+
+/// SIGKILLs the server of `mount_point` and waits until it is gone (the mount is then dead).
+pub fn kill_server(mount_point: &Path) -> i32 {
+    let pid = server_pid(mount_point).expect("a server process for the mount");
+    // SAFETY: kill(2) on a pid we just found; no memory is involved.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    // Every thread gone or a zombie: only then are its descriptors (and so the FUSE
+    // connection) released. The leader turns zombie before its other threads are done,
+    // and an empty cmdline comes earlier still, when its memory is freed.
+    let state = |stat: &Path| {
+        fs::read_to_string(stat).ok().and_then(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, r)| r.trim_start().chars().next())
+        })
+    };
+    loop {
+        let live = fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|tasks| {
+                tasks
+                    .flatten()
+                    .any(|t| !matches!(state(&t.path().join("stat")), None | Some('Z') | Some('X')))
+            })
+            .unwrap_or(false);
+        if !live {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    pid
+}
+
+/// Mounts a file system image `dev` (a loop device or file) on `dir` with `opts`.
+pub fn mount_fs(dev: &str, dir: &Path, opts: &str) {
+    fs::create_dir_all(dir).unwrap();
+    sh(&format!("mount -o {opts} {dev} {}", dir.display()));
+}
+
+/// How many mounts sit on `path` now (stacked mounts count each).
+pub fn mounts_at(path: &Path) -> usize {
+    let want = path.to_string_lossy().replace(' ', "\\040");
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.split(' ').nth(4) == Some(want.as_str()))
+        .count()
 }
