@@ -68,6 +68,12 @@ pub enum Command {
     /// Back up, restore and check the key Secrets
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Measure single-thread AES-XTS throughput of 4 KiB sectors (like `cryptsetup benchmark`)
+    Benchmark {
+        /// Output format
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
 }
 
 #[derive(Debug, Subcommand)]

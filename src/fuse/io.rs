@@ -1,6 +1,7 @@
 //! Image I/O for FUSE requests: read, write, fsync, fallocate, mapped onto `VolumeImage`
 //! with errno replies. Shared by every filesystem view.
 
+use std::cell::RefCell;
 use std::time::{Duration, SystemTime};
 
 use fuser::{
@@ -75,15 +76,26 @@ pub fn file_attr(ino: INodeNo, size: u64, created: SystemTime) -> FileAttr {
     }
 }
 
+thread_local! {
+    /// Per-worker reply buffer for reads, reused across requests (at most `MAX_REQUEST`).
+    /// `read_at` overwrites every byte it reports, so stale contents never reach a reply.
+    static READ_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
 pub fn read(image: &VolumeImage, offset: u64, size: u32, reply: ReplyData) {
-    let mut buf = vec![0u8; size.min(MAX_REQUEST) as usize];
-    match image.read_at(offset, &mut buf) {
-        Ok(n) => reply.data(&buf[..n]),
-        Err(e) => {
-            tracing::error!("read of {size} bytes at {offset} failed: {e}");
-            reply.error(errno(&e))
+    let want = size.min(MAX_REQUEST) as usize;
+    READ_BUF.with_borrow_mut(|buf| {
+        if buf.len() < want {
+            buf.resize(want, 0);
         }
-    }
+        match image.read_at(offset, &mut buf[..want]) {
+            Ok(n) => reply.data(&buf[..n]),
+            Err(e) => {
+                tracing::error!("read of {size} bytes at {offset} failed: {e}");
+                reply.error(errno(&e))
+            }
+        }
+    })
 }
 
 pub fn write(image: &VolumeImage, offset: u64, data: &[u8], reply: ReplyWrite) {
