@@ -72,11 +72,9 @@ wait_mounted() { # PATH PID
   die "$1 was not mounted within 10 s"
 }
 
-attach() { # FILE -> prints loop device
-  local dev
+attach() { # FILE -> sets $dev to the new loop device
   dev=$(losetup -f --show --direct-io="$LOOP_DIO" "$1")
   LOOPS+=("$dev")
-  echo "$dev"
 }
 
 detach_last() {
@@ -118,7 +116,7 @@ for s in $STACKS; do
   a)
     echo "== (a) loop on a plain sparse file"
     truncate -s "$SIZE" "$WORK/plain.img"
-    dev=$(attach "$WORK/plain.img")
+    attach "$WORK/plain.img"
     run_jobs a "$dev"
     detach_last
     rm -f "$WORK/plain.img"
@@ -138,7 +136,7 @@ for s in $STACKS; do
     PIDS+=("$pid")
     MOUNTS+=("$WORK/peer.img")
     wait_mounted "$WORK/peer.img" "$pid"
-    dev=$(attach "$WORK/peer.img")
+    attach "$WORK/peer.img"
     run_jobs b "$dev"
     echo "$(hwm_kib "$pid")" >"$OUT/b-hwm"
     detach_last
@@ -158,7 +156,7 @@ for s in $STACKS; do
     PIDS+=("$pid")
     MOUNTS+=("$WORK/$s.img")
     wait_mounted "$WORK/$s.img" "$pid"
-    dev=$(attach "$WORK/$s.img")
+    attach "$WORK/$s.img"
     run_jobs "$s" "$dev"
     echo "$(hwm_kib "$pid")" >"$OUT/$s-hwm"
     detach_last
