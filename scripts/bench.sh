@@ -11,7 +11,9 @@
 #
 # Usage: scripts/bench.sh            environment: RUNTIME=12 (s per job), SIZE=1G,
 #                                    THREADS=4 (storageos-fuse workers), LOOP_DIO=on|off,
-#                                    STACKS="a b c d", BENCH_DIR=/var/tmp (scratch parent)
+#                                    STACKS="a b c d", BENCH_DIR=/var/tmp (scratch parent),
+#                                    PROFILE=1 (perf record the storageos-fuse daemons; the
+#                                    top symbols go into the results; slows the run a little)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -21,6 +23,7 @@ SIZE=${SIZE:-1G}
 THREADS=${THREADS:-4}
 LOOP_DIO=${LOOP_DIO:-on}
 STACKS=${STACKS:-a b c d}
+PROFILE=${PROFILE:-0}
 
 die() { echo "error: $*" >&2; exit 1; }
 [ "$(id -u)" -eq 0 ] || die "run as root (the bench attaches loop devices and mounts FUSE)"
@@ -157,8 +160,18 @@ for s in $STACKS; do
     MOUNTS+=("$WORK/$s.img")
     wait_mounted "$WORK/$s.img" "$pid"
     attach "$WORK/$s.img"
+    perf_pid=
+    if [ "$PROFILE" = 1 ]; then
+      perf record -q -g -p "$pid" -o "$OUT/$s-perf.data" >/dev/null 2>&1 &
+      perf_pid=$!
+    fi
     run_jobs "$s" "$dev"
     echo "$(hwm_kib "$pid")" >"$OUT/$s-hwm"
+    if [ -n "$perf_pid" ]; then
+      kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true
+      perf report -i "$OUT/$s-perf.data" --no-children --sort dso,sym --stdio 2>/dev/null \
+        | grep -E '^ +[0-9]' | head -15 >"$OUT/$s-perf.txt"
+    fi
     detach_last
     kill "$pid"; wait "$pid" 2>/dev/null || true
     rm -rf "$data"
@@ -246,6 +259,15 @@ md.append(f"XTS, one thread, 4 KiB sectors: storageos-fuse encrypt {xts['storage
 md.append("")
 md.append(f"Machine: {cpu}, {ncpu} cores, kernel {kernel}; load average before {load0}, after {load1}; "
           f"fio {runtime} s per job over {size}, loop direct-io={dio}, storageos-fuse --threads {threads}; run {stamp}.")
+for s in stacks:
+    p = f"{out}/{s}-perf.txt"
+    if os.path.exists(p):
+        md.append(f"Profile of the ({s}) daemon over all its jobs (perf record -g, top symbols):")
+        md.append("")
+        md.append("```")
+        md.extend(l.rstrip() for l in open(p))
+        md.append("```")
+        md.append("")
 text = "\n".join(md) + "\n"
 print(text)
 open(dest + ".md", "w").write(text)
