@@ -114,6 +114,7 @@ fn loop_direct_io_survives_concurrent_verified_random_writes() {
             "--verify=crc32c",
             "--verify_fatal=1",
             "--do_verify=1",
+            "--verify_state_save=0",
         ])
         .output()
         .unwrap();
