@@ -75,6 +75,12 @@ pub enum Command {
     },
     /// Print the manual page in roff (e.g. `storageos-fuse manpage | man -l -`)
     Manpage,
+    /// Measure single-thread AES-XTS throughput of 4 KiB sectors (like `cryptsetup benchmark`)
+    Benchmark {
+        /// Output format
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -5,11 +5,13 @@
 //! drop and never implement `Display` or print their bytes in `Debug`. Does not know
 //! about Secrets, YAML or files; `keys` turns manifests into these types.
 
+mod bench;
 mod hierarchy;
 mod key;
 mod random;
 mod xts;
 
+pub use bench::{XtsBenchmark, benchmark_xts};
 pub use hierarchy::{
     KEY_DIGEST_LEN, UnwrapError, VUK_LEN, derive_kek, key_digest, unwrap_volume_key,
     unwrap_volume_key_checked, wrap_volume_key,

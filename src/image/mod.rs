@@ -122,6 +122,8 @@ impl VolumeImage {
     }
 
     /// Reads up to `buf.len()` bytes at `offset`; returns the count (0 at end of image).
+    /// A sector-aligned read (what the loop device sends) is read and decrypted in place in
+    /// `buf`; an unaligned one goes through the per-thread bounce buffer.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
         let Some(len) = self.clamp(offset, buf.len()) else {
             return Ok(0);
@@ -135,8 +137,13 @@ impl VolumeImage {
         let start = offset / s * s;
         let end = (offset + len as u64).div_ceil(s) * s;
         let _g = self.locks.read(start, end - start);
+        if start == offset && end == offset + len as u64 {
+            read_exact_at(&self.file, buf, start)?;
+            self.decrypt_sectors(cipher, buf, start);
+            return Ok(len);
+        }
         BOUNCE.with_borrow_mut(|bounce| {
-            bounce.resize((end - start) as usize, 0);
+            let bounce = sized(bounce, (end - start) as usize);
             read_exact_at(&self.file, bounce, start)?;
             self.decrypt_sectors(cipher, bounce, start);
             let skip = (offset - start) as usize;
@@ -145,27 +152,39 @@ impl VolumeImage {
         })
     }
 
-    fn decrypt_sectors(&self, cipher: &SectorCipher, buf: &mut [u8], start: u64) {
+    /// Calls `f` on each maximal run of sectors of `buf` that are not all zero (holes and
+    /// zero plaintext are left alone), with the index of the run's first sector. One call
+    /// per run keeps the cipher's parallel batches full across sector boundaries.
+    fn nonzero_runs(&self, buf: &mut [u8], start: u64, mut f: impl FnMut(&mut [u8], u64)) {
         let s = self.sector as usize;
-        for (i, sector) in buf.chunks_exact_mut(s).enumerate() {
-            if !is_zero(sector) {
-                cipher
-                    .decrypt(sector, start / self.sector + i as u64)
-                    .expect("whole sectors");
+        let first = start / self.sector;
+        let n = buf.len() / s;
+        let mut i = 0;
+        while i < n {
+            if is_zero(&buf[i * s..(i + 1) * s]) {
+                i += 1;
+                continue;
             }
+            let mut j = i + 1;
+            while j < n && !is_zero(&buf[j * s..(j + 1) * s]) {
+                j += 1;
+            }
+            f(&mut buf[i * s..j * s], first + i as u64);
+            i = j;
         }
     }
 
+    fn decrypt_sectors(&self, cipher: &SectorCipher, buf: &mut [u8], start: u64) {
+        self.nonzero_runs(buf, start, |run, first| {
+            cipher.decrypt(run, first).expect("whole sectors")
+        });
+    }
+
     fn encrypt_sectors(&self, cipher: &SectorCipher, buf: &mut [u8], start: u64) {
-        let s = self.sector as usize;
-        for (i, sector) in buf.chunks_exact_mut(s).enumerate() {
-            // Zero plaintext stays zero on disk: it reads back as a hole.
-            if !is_zero(sector) {
-                cipher
-                    .encrypt(sector, start / self.sector + i as u64)
-                    .expect("whole sectors");
-            }
-        }
+        // Zero plaintext stays zero on disk: it reads back as a hole.
+        self.nonzero_runs(buf, start, |run, first| {
+            cipher.encrypt(run, first).expect("whole sectors")
+        });
     }
 
     /// Writes `data` at `offset`. Writes past the end of the image fail with ENOSPC, as on
@@ -184,7 +203,7 @@ impl VolumeImage {
         let end = (offset + len as u64).div_ceil(s) * s;
         let _g = self.locks.write(start, end - start);
         BOUNCE.with_borrow_mut(|bounce| {
-            bounce.resize((end - start) as usize, 0);
+            let bounce = sized(bounce, (end - start) as usize);
             let head_partial = offset != start;
             let tail_partial = offset + len as u64 != end;
             // Read-modify-write: only the partial edge sectors need their old contents.
@@ -277,6 +296,15 @@ impl VolumeImage {
     pub fn check_offset(offset: i64) -> io::Result<u64> {
         u64::try_from(offset).map_err(|_| einval())
     }
+}
+
+/// The first `len` bytes of a reused buffer, growing it (never shrinking, never
+/// re-zeroing what is already there: every caller overwrites the bytes it uses).
+fn sized(buf: &mut Vec<u8>, len: usize) -> &mut [u8] {
+    if buf.len() < len {
+        buf.resize(len, 0);
+    }
+    &mut buf[..len]
 }
 
 /// Reads exactly `buf.len()` bytes; a short read means the backing file shrank behind our

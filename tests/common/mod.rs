@@ -265,6 +265,14 @@ pub fn sha256_file(p: &Path) -> String {
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Hex SHA-256 of bytes in memory (to compare with `sha256_file`).
+pub fn sha256_file_bytes(data: &[u8]) -> String {
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// Every file and directory under `dir` with its mode and content hash: compare before
 /// and after a refused command to prove nothing changed on disk.
 pub fn tree_state(dir: &Path) -> BTreeMap<String, String> {
