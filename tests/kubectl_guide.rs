@@ -48,6 +48,30 @@ fn check_pattern(img: &std::path::Path, chunks: &[(u64, Vec<u8>)]) {
     }
 }
 
+/// The Secret of a `kubectl get -o yaml` file as JSON, server fields kept.
+fn raw_secret_json(yaml: &str) -> serde_json::Value {
+    let mut v = serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {}, "data": {}});
+    let mut section = "";
+    for line in yaml.lines() {
+        let indented = line.starts_with("  ");
+        let Some((k, val)) = line.trim().split_once(':') else { continue };
+        let val = val.trim().trim_matches('"');
+        if !indented {
+            section = k;
+            if k == "type" {
+                v["type"] = val.into();
+            }
+        } else if line.starts_with("    ") {
+            continue;
+        } else if section == "data" {
+            v["data"][k] = val.into();
+        } else if section == "metadata" && !val.is_empty() {
+            v["metadata"][k] = val.into();
+        }
+    }
+    v
+}
+
 #[test]
 fn guide_backup_delete_restore_with_kubectl() {
     if !common::require_real(&["kubectl"]) {
@@ -95,7 +119,7 @@ fn guide_backup_delete_restore_with_kubectl() {
     k.sh_ok(&format!("kubectl get secret {vol_key} -n storageos -o yaml > f"));
     let raw = fs::read_to_string(k.env.path("f")).unwrap();
     assert!(raw.contains("resourceVersion:"), "raw kubectl output keeps server fields:\n{raw}");
-    let listed = k.sf(&["keys", "backup", "--out", "backup"]);
+    let listed = k.sh_ok("storageos-fuse keys backup --out backup");
     assert_eq!(listed.lines().count(), 2, "backup wrote one file per Secret: {listed}");
     let backup_file = k.env.path(&format!("backup/{vol_key}.yaml"));
     let backup = fs::read_to_string(&backup_file).unwrap();
@@ -109,8 +133,20 @@ fn guide_backup_delete_restore_with_kubectl() {
     assert!(err.contains(&vol_key) && err.contains("namespace storageos"), "{err}");
     assert!(err.contains("restore"), "{err}");
 
-    // The raw `kubectl get -o yaml` file is refused by the API server, as a real one does.
-    let refused = k.sh_fails("kubectl create -f f");
+    // What the API server refuses, as a real one does. kubectl's own `create -f` clears
+    // metadata.resourceVersion before it posts (kubectl 1.33, seen with -v=9), so the raw
+    // file is refused only when its Secret still exists (409) ...
+    k.sh_ok(&format!("kubectl get secret ns-key.default -n storageos -o yaml > nsk-raw.yaml"));
+    let refused = k.sh_fails("kubectl create -f nsk-raw.yaml");
+    assert!(
+        refused.contains("AlreadyExists") && refused.contains("secrets \"ns-key.default\" already exists"),
+        "{refused}"
+    );
+    // ... and a client that posts the object as read, server fields included, is refused
+    // with the real server's 400.
+    let raw_json = k.env.path("f.json");
+    fs::write(&raw_json, serde_json::to_vec(&raw_secret_json(&raw)).unwrap()).unwrap();
+    let refused = k.sh_fails("kubectl create --raw /api/v1/namespaces/storageos/secrets -f f.json");
     assert!(
         refused.contains("resourceVersion should not be set on objects to be created"),
         "{refused}"

@@ -28,8 +28,9 @@
 //! every resource but Secrets (and a stub Namespace read), update/patch/apply, `dryRun`,
 //! `generateName`, pagination (`limit` is accepted and everything comes in one page),
 //! `resourceVersionMatch` semantics on list (lists always serve the latest state),
-//! protobuf and YAML request bodies (JSON only), HTTP/2, field validation and admission,
-//! the 1 MiB size limit, Secret type-specific validation, and OpenAPI documents (404).
+//! protobuf and YAML request bodies (JSON only), HTTP/2, admission, field validation
+//! beyond unknown top-level and metadata fields (`fieldValidation=Strict`), the 1 MiB size limit, Secret type-specific validation, and OpenAPI beyond the
+//! one v3 operation kubectl's validation check reads (`/openapi/v2` is 404).
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -455,6 +456,29 @@ fn handle(shared: &Shared, req: &Request, out: &mut TcpStream, epoch: u64) -> bo
                  "storageVersionHash": "S6u1pOWzb84="}
             ]}),
         ),
+        // OpenAPI v3, only as far as kubectl's field-validation check reads it: a PATCH on
+        // Secrets offering `fieldValidation`, so kubectl leaves validation to the server.
+        ("GET", ["openapi", "v3"]) => respond(
+            out,
+            200,
+            &json!({"paths": {"api/v1": {"serverRelativeURL": "/openapi/v3/api/v1?hash=5EC12E75"}}}),
+        ),
+        ("GET", ["openapi", "v3", "api", "v1"]) => {
+            let gvk = json!({"group": "", "version": "v1", "kind": "Secret"});
+            let field_validation = json!({"name": "fieldValidation", "in": "query",
+                "description": "fieldValidation instructs the server on how to handle objects in the request containing unknown or duplicate fields.",
+                "schema": {"type": "string", "uniqueItems": true}});
+            let op = |id: &str| json!({"operationId": id, "x-kubernetes-action": "patch",
+                "x-kubernetes-group-version-kind": gvk, "parameters": [field_validation],
+                "responses": {"200": {"description": "OK"}}});
+            respond(
+                out,
+                200,
+                &json!({"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.33.0"},
+                        "paths": {"/api/v1/namespaces/{namespace}/secrets/{name}": {"patch": op("patchCoreV1NamespacedSecret")}},
+                        "components": {"schemas": {}}}),
+            )
+        }
         ("GET", ["api", "v1", "namespaces", ns]) => respond(
             out,
             200,
@@ -477,6 +501,15 @@ fn handle(shared: &Shared, req: &Request, out: &mut TcpStream, epoch: u64) -> bo
                     );
                 }
             };
+            if req.query.get("fieldValidation").is_some_and(|v| v == "Strict")
+                && let Some(field) = unknown_field(&body)
+            {
+                return respond(
+                    out,
+                    400,
+                    &status(400, "BadRequest", &format!("strict decoding error: unknown field \"{field}\""), None),
+                );
+            }
             let (code, body) = create(shared, ns, &body);
             respond(out, code, &body)
         }
@@ -547,6 +580,24 @@ fn handle(shared: &Shared, req: &Request, out: &mut TcpStream, epoch: u64) -> bo
             &status(405, "MethodNotAllowed", "the server does not allow this method on the requested resource", None),
         ),
     }
+}
+
+/// The first field a Secret does not have (what `fieldValidation=Strict` refuses).
+fn unknown_field(body: &Value) -> Option<String> {
+    const TOP: &[&str] = &["apiVersion", "kind", "metadata", "data", "stringData", "type", "immutable"];
+    const META: &[&str] = &[
+        "name", "generateName", "namespace", "labels", "annotations", "uid", "resourceVersion",
+        "creationTimestamp", "managedFields", "finalizers", "ownerReferences", "generation",
+        "selfLink", "deletionTimestamp", "deletionGracePeriodSeconds",
+    ];
+    let obj = body.as_object()?;
+    if let Some(k) = obj.keys().find(|k| !TOP.contains(&k.as_str())) {
+        return Some(k.clone());
+    }
+    let meta = obj.get("metadata")?.as_object()?;
+    meta.keys()
+        .find(|k| !META.contains(&k.as_str()))
+        .map(|k| format!("metadata.{k}"))
 }
 
 fn now_rfc3339() -> String {

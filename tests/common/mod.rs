@@ -200,7 +200,14 @@ pub fn sh(cmd: &str) -> String {
 pub fn sha256_file(p: &Path) -> String {
     let mut h = Sha256::new();
     let mut f = fs::File::open(p).expect("open");
-    std::io::copy(&mut f, &mut h).expect("read");
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = std::io::Read::read(&mut f, &mut buf).expect("read");
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
