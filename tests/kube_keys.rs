@@ -66,7 +66,11 @@ fn two_creators_in_a_new_namespace_converge_on_one_ns_key() {
     }
     assert_eq!(k.api.conflicts(), 1, "one creator lost the race with 409");
     let names = k.api.secret_names("storageos");
-    assert_eq!(names.iter().filter(|n| n.starts_with("ns-key.")).count(), 1, "{names:?}");
+    assert_eq!(
+        names.iter().filter(|n| n.starts_with("ns-key.")).count(),
+        1,
+        "{names:?}"
+    );
     for v in ["race/one", "race/two"] {
         let view: serde_json::Value =
             serde_json::from_str(&k.sf(&["volume", "inspect", v])).unwrap();
@@ -89,7 +93,10 @@ fn watcher_follows_secrets_through_restarts_and_410() {
     let conn = connect(&api, tmp.path());
     let store = KubeStore::connect(&conn).unwrap();
     let id1 = "11111111-1111-4111-8111-111111111111";
-    assert_eq!(api.create_secret("storageos", vol_key_json(&store, id1, "default")), 201);
+    assert_eq!(
+        api.create_secret("storageos", vol_key_json(&store, id1, "default")),
+        201
+    );
     // An unrelated Secret, and a broken vol-key (no iv).
     api.create_secret(
         "storageos",
@@ -102,43 +109,68 @@ fn watcher_follows_secrets_through_restarts_and_410() {
 
     let ring = Keyring::new();
     let watcher = spawn_kube_watcher(&conn, ring.clone()).unwrap();
-    wait_for(&ring, "initial list", |r| r.snapshot().vol_key(id1).is_some());
+    wait_for(&ring, "initial list", |r| {
+        r.snapshot().vol_key(id1).is_some()
+    });
     let snap = ring.snapshot();
     assert!(snap.ns_key("default").is_some());
     assert!(!snap.manifests.contains_key("registry-pull"));
     let issues = ring.issues();
     assert_eq!(issues.len(), 1, "{issues:?}");
-    assert!(issues[0].to_string().contains("vol-key.22222222-2222-4222-8222-222222222222"));
+    assert!(
+        issues[0]
+            .to_string()
+            .contains("vol-key.22222222-2222-4222-8222-222222222222")
+    );
     assert!(!issues[0].to_string().contains("registry-pull"));
 
     // Live: a Secret created and one deleted while watching.
     let id3 = "33333333-3333-4333-8333-333333333333";
     store
-        .create(&keys::kube::manifest_from_secret(
-            serde_json::from_value(vol_key_json(&store, id3, "default")).unwrap(),
+        .create(
+            &keys::kube::manifest_from_secret(
+                serde_json::from_value(vol_key_json(&store, id3, "default")).unwrap(),
+            )
+            .unwrap(),
         )
-        .unwrap())
         .unwrap();
-    wait_for(&ring, "vol-key 3 added", |r| r.snapshot().vol_key(id3).is_some());
+    wait_for(&ring, "vol-key 3 added", |r| {
+        r.snapshot().vol_key(id3).is_some()
+    });
     store.delete(&keys::vol_key_name(id1)).unwrap();
-    wait_for(&ring, "vol-key 1 deleted", |r| r.snapshot().vol_key(id1).is_none());
+    wait_for(&ring, "vol-key 1 deleted", |r| {
+        r.snapshot().vol_key(id1).is_none()
+    });
 
     // The server goes away, comes back with its history: the watch resumes.
     api.stop();
     std::thread::sleep(Duration::from_millis(300));
     api.start_again(History::Keep);
     let id4 = "44444444-4444-4444-8444-444444444444";
-    assert_eq!(api.create_secret("storageos", vol_key_json(&store, id4, "default")), 201);
-    wait_for(&ring, "vol-key 4 after reconnect", |r| r.snapshot().vol_key(id4).is_some());
+    assert_eq!(
+        api.create_secret("storageos", vol_key_json(&store, id4, "default")),
+        201
+    );
+    wait_for(&ring, "vol-key 4 after reconnect", |r| {
+        r.snapshot().vol_key(id4).is_some()
+    });
 
     // The server restarts mid-watch and has lost history: it answers 410 Gone, the
     // watcher relists, and a Secret created afterwards is still picked up.
     let gone_before = api.gone_sent();
     api.restart(History::Lose);
     let id5 = "55555555-5555-4555-8555-555555555555";
-    assert_eq!(api.create_secret("storageos", vol_key_json(&store, id5, "default")), 201);
-    wait_for(&ring, "vol-key 5 after 410", |r| r.snapshot().vol_key(id5).is_some());
-    assert!(api.gone_sent() > gone_before, "the server answered 410 Gone");
+    assert_eq!(
+        api.create_secret("storageos", vol_key_json(&store, id5, "default")),
+        201
+    );
+    wait_for(&ring, "vol-key 5 after 410", |r| {
+        r.snapshot().vol_key(id5).is_some()
+    });
+    assert!(
+        api.gone_sent() > gone_before,
+        "the server answered 410 Gone"
+    );
     let snap = ring.snapshot();
     assert!(snap.vol_key(id3).is_some() && snap.vol_key(id4).is_some());
     assert!(snap.vol_key(id1).is_none());
@@ -171,7 +203,12 @@ fn restore_accepts_kubectl_output_and_refuses_bad_cases_on_both_sources() {
         let err = k.env.fails(&["keys", "restore", f.to_str().unwrap()]);
         assert!(err.contains(name), "dir source, {name}: {err}");
         // Together with good files: still refused as a whole.
-        k.sf_fails(&["keys", "restore", single.to_str().unwrap(), f.to_str().unwrap()]);
+        k.sf_fails(&[
+            "keys",
+            "restore",
+            single.to_str().unwrap(),
+            f.to_str().unwrap(),
+        ]);
     }
     assert!(k.api.secret_names("storageos").is_empty());
     assert!(!k.env.keys.exists() || std::fs::read_dir(&k.env.keys).unwrap().next().is_none());
@@ -179,38 +216,82 @@ fn restore_accepts_kubectl_output_and_refuses_bad_cases_on_both_sources() {
     for (label, out) in [
         (
             "kube",
-            k.sf_run(&["keys", "restore", list.to_str().unwrap(), multi.to_str().unwrap(), single.to_str().unwrap()]),
+            k.sf_run(&[
+                "keys",
+                "restore",
+                list.to_str().unwrap(),
+                multi.to_str().unwrap(),
+                single.to_str().unwrap(),
+            ]),
         ),
         (
             "dir",
-            k.env.run(&["keys", "restore", list.to_str().unwrap(), multi.to_str().unwrap(), single.to_str().unwrap()]),
+            k.env.run(&[
+                "keys",
+                "restore",
+                list.to_str().unwrap(),
+                multi.to_str().unwrap(),
+                single.to_str().unwrap(),
+            ]),
         ),
     ] {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{label}: {stderr}");
-        assert!(stderr.contains("skipped"), "{label}: unrelated Secret noted: {stderr}");
+        assert!(
+            stderr.contains("skipped"),
+            "{label}: unrelated Secret noted: {stderr}"
+        );
     }
     let mut names = k.api.secret_names("storageos");
     names.sort();
     let mut files: Vec<String> = std::fs::read_dir(&k.env.keys)
         .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().trim_end_matches(".yaml").to_string())
+        .map(|e| {
+            e.unwrap()
+                .file_name()
+                .to_string_lossy()
+                .trim_end_matches(".yaml")
+                .to_string()
+        })
         .collect();
     files.sort();
     assert_eq!(names, files, "both sources hold the same Secrets");
     assert!(names.contains(&"ns-key.default".to_string()));
-    assert!(names.contains(&"ns-key.mongo".to_string()) && names.contains(&"ns-key.web".to_string()));
+    assert!(
+        names.contains(&"ns-key.mongo".to_string()) && names.contains(&"ns-key.web".to_string())
+    );
     assert!(names.iter().any(|n| n.starts_with("vol-key.")));
-    assert!(!names.iter().any(|n| n.contains("registry") || n.contains("docker")), "{names:?}");
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.contains("registry") || n.contains("docker")),
+        "{names:?}"
+    );
 
     // Backups from either source carry the same data and no server fields.
-    k.sf(&["keys", "backup", "--out", k.env.path("bk-kube").to_str().unwrap()]);
-    k.env.ok(&["keys", "backup", "--out", k.env.path("bk-dir").to_str().unwrap()]);
+    k.sf(&[
+        "keys",
+        "backup",
+        "--out",
+        k.env.path("bk-kube").to_str().unwrap(),
+    ]);
+    k.env.ok(&[
+        "keys",
+        "backup",
+        "--out",
+        k.env.path("bk-dir").to_str().unwrap(),
+    ]);
     for n in &names {
         let a = std::fs::read_to_string(k.env.path(&format!("bk-kube/{n}.yaml"))).unwrap();
         let b = std::fs::read_to_string(k.env.path(&format!("bk-dir/{n}.yaml"))).unwrap();
-        let pa = keys::parse_manifests(a.as_bytes()).unwrap().remove(0).unwrap();
-        let pb = keys::parse_manifests(b.as_bytes()).unwrap().remove(0).unwrap();
+        let pa = keys::parse_manifests(a.as_bytes())
+            .unwrap()
+            .remove(0)
+            .unwrap();
+        let pb = keys::parse_manifests(b.as_bytes())
+            .unwrap()
+            .remove(0)
+            .unwrap();
         assert_eq!(pa.data, pb.data, "{n}");
         assert_eq!(pa.namespace.as_deref(), Some("storageos"));
         assert!(!a.contains("resourceVersion") && !a.contains("uid:"), "{a}");

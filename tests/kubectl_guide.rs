@@ -13,8 +13,16 @@ use common::kube_api::KubeEnv;
 /// `kubectl get secrets -n storageos` rows as (NAME, TYPE, DATA).
 fn secret_rows(out: &str) -> Vec<(String, String, String)> {
     let mut lines = out.lines();
-    let head: Vec<&str> = lines.next().expect("table header").split_whitespace().collect();
-    assert_eq!(head, ["NAME", "TYPE", "DATA", "AGE"], "kubectl table header:\n{out}");
+    let head: Vec<&str> = lines
+        .next()
+        .expect("table header")
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        head,
+        ["NAME", "TYPE", "DATA", "AGE"],
+        "kubectl table header:\n{out}"
+    );
     lines
         .map(|l| {
             let c: Vec<&str> = l.split_whitespace().collect();
@@ -25,7 +33,11 @@ fn secret_rows(out: &str) -> Vec<(String, String, String)> {
 
 /// Writes a recognisable pattern into the mounted image at a few offsets.
 fn write_pattern(img: &std::path::Path) -> Vec<(u64, Vec<u8>)> {
-    let mut f = fs::OpenOptions::new().read(true).write(true).open(img).unwrap();
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(img)
+        .unwrap();
     let chunks: Vec<(u64, Vec<u8>)> = [(0u64, 1u64), (1 << 20, 2), (3 << 30, 3)]
         .into_iter()
         .map(|(off, seed)| (off, common::pseudo_random(seed, 64 << 10)))
@@ -50,11 +62,14 @@ fn check_pattern(img: &std::path::Path, chunks: &[(u64, Vec<u8>)]) {
 
 /// The Secret of a `kubectl get -o yaml` file as JSON, server fields kept.
 fn raw_secret_json(yaml: &str) -> serde_json::Value {
-    let mut v = serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {}, "data": {}});
+    let mut v =
+        serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {}, "data": {}});
     let mut section = "";
     for line in yaml.lines() {
         let indented = line.starts_with("  ");
-        let Some((k, val)) = line.trim().split_once(':') else { continue };
+        let Some((k, val)) = line.trim().split_once(':') else {
+            continue;
+        };
         let val = val.trim().trim_matches('"');
         if !indented {
             section = k;
@@ -105,8 +120,14 @@ fn guide_backup_delete_restore_with_kubectl() {
         stored["metadata"]["labels"]["app.kubernetes.io/managed-by"],
         "storageos-fuse"
     );
-    assert_eq!(stored["metadata"]["labels"]["storageos.com/volume-id"], id.as_str());
-    assert_eq!(stored["metadata"]["labels"]["storageos.com/namespace"], "default");
+    assert_eq!(
+        stored["metadata"]["labels"]["storageos.com/volume-id"],
+        id.as_str()
+    );
+    assert_eq!(
+        stored["metadata"]["labels"]["storageos.com/namespace"],
+        "default"
+    );
 
     // Data written through the mount.
     let img = k.env.path("pvc0002.img");
@@ -116,36 +137,58 @@ fn guide_backup_delete_restore_with_kubectl() {
     k.sf(&["umount", img_s]);
 
     // Back up both ways, then lose the Secret.
-    k.sh_ok(&format!("kubectl get secret {vol_key} -n storageos -o yaml > f"));
+    k.sh_ok(&format!(
+        "kubectl get secret {vol_key} -n storageos -o yaml > f"
+    ));
     let raw = fs::read_to_string(k.env.path("f")).unwrap();
-    assert!(raw.contains("resourceVersion:"), "raw kubectl output keeps server fields:\n{raw}");
+    assert!(
+        raw.contains("resourceVersion:"),
+        "raw kubectl output keeps server fields:\n{raw}"
+    );
     let listed = k.sh_ok("storageos-fuse keys backup --out backup");
-    assert_eq!(listed.lines().count(), 2, "backup wrote one file per Secret: {listed}");
+    assert_eq!(
+        listed.lines().count(),
+        2,
+        "backup wrote one file per Secret: {listed}"
+    );
     let backup_file = k.env.path(&format!("backup/{vol_key}.yaml"));
     let backup = fs::read_to_string(&backup_file).unwrap();
-    for field in ["resourceVersion", "uid", "creationTimestamp", "managedFields"] {
+    for field in [
+        "resourceVersion",
+        "uid",
+        "creationTimestamp",
+        "managedFields",
+    ] {
         assert!(!backup.contains(field), "backup holds {field}:\n{backup}");
     }
     k.sh_ok(&format!("kubectl delete secret {vol_key} -n storageos"));
 
     // Without its Secret the volume cannot be mounted; the error names the Secret.
     let err = k.sf_fails(&["mount", "default/pvc0002", "--at", img_s, "--background"]);
-    assert!(err.contains(&vol_key) && err.contains("namespace storageos"), "{err}");
+    assert!(
+        err.contains(&vol_key) && err.contains("namespace storageos"),
+        "{err}"
+    );
     assert!(err.contains("restore"), "{err}");
 
     // What the API server refuses, as a real one does. kubectl's own `create -f` clears
     // metadata.resourceVersion before it posts (kubectl 1.33, seen with -v=9), so the raw
     // file is refused only when its Secret still exists (409) ...
-    k.sh_ok(&format!("kubectl get secret ns-key.default -n storageos -o yaml > nsk-raw.yaml"));
+    k.sh_ok("kubectl get secret ns-key.default -n storageos -o yaml > nsk-raw.yaml");
     let refused = k.sh_fails("kubectl create -f nsk-raw.yaml");
     assert!(
-        refused.contains("AlreadyExists") && refused.contains("secrets \"ns-key.default\" already exists"),
+        refused.contains("AlreadyExists")
+            && refused.contains("secrets \"ns-key.default\" already exists"),
         "{refused}"
     );
     // ... and a client that posts the object as read, server fields included, is refused
     // with the real server's 400.
     let raw_json = k.env.path("f.json");
-    fs::write(&raw_json, serde_json::to_vec(&raw_secret_json(&raw)).unwrap()).unwrap();
+    fs::write(
+        &raw_json,
+        serde_json::to_vec(&raw_secret_json(&raw)).unwrap(),
+    )
+    .unwrap();
     let refused = k.sh_fails("kubectl create --raw /api/v1/namespaces/storageos/secrets -f f.json");
     assert!(
         refused.contains("resourceVersion should not be set on objects to be created"),
@@ -167,12 +210,18 @@ fn guide_backup_delete_restore_with_kubectl() {
     k.sh_ok(&format!("kubectl delete secret {vol_key} -n storageos"));
     k.sf_fails(&["mount", "default/pvc0002", "--at", img_s, "--background"]);
     let created = k.sh_ok(&format!("kubectl create -f backup/{vol_key}.yaml"));
-    assert!(created.contains(&format!("secret/{vol_key} created")), "{created}");
+    assert!(
+        created.contains(&format!("secret/{vol_key} created")),
+        "{created}"
+    );
     k.sf(&["mount", "default/pvc0002", "--at", img_s, "--background"]);
     check_pattern(&img, &chunks);
     k.sf(&["umount", img_s]);
     let status = k.sf(&["keys", "status"]);
-    assert!(status.contains(&id) && status.contains("available"), "{status}");
+    assert!(
+        status.contains(&id) && status.contains("available"),
+        "{status}"
+    );
 }
 
 #[test]
@@ -181,12 +230,22 @@ fn restore_with_different_data_names_the_secret_and_changes_nothing() {
         return;
     }
     let k = KubeEnv::new();
-    k.sf(&["volume", "create", "default/a", "--size", "1Mi", "-l", "storageos.com/encryption=true"]);
+    k.sf(&[
+        "volume",
+        "create",
+        "default/a",
+        "--size",
+        "1Mi",
+        "-l",
+        "storageos.com/encryption=true",
+    ]);
     let view: serde_json::Value =
         serde_json::from_str(&k.sf(&["volume", "inspect", "default/a"])).unwrap();
     let id = view["id"].as_str().unwrap().to_string();
     let vol_key = format!("vol-key.{id}");
-    k.sh_ok(&format!("kubectl get secret {vol_key} -n storageos -o yaml > f"));
+    k.sh_ok(&format!(
+        "kubectl get secret {vol_key} -n storageos -o yaml > f"
+    ));
     // Same Secret with another iv: a different key.
     let raw = fs::read_to_string(k.env.path("f")).unwrap();
     let other_iv = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
@@ -204,8 +263,15 @@ fn restore_with_different_data_names_the_secret_and_changes_nothing() {
     assert_ne!(raw.trim(), changed.trim());
     fs::write(k.env.path("changed.yaml"), changed).unwrap();
     let before = k.api.secret("storageos", &vol_key).unwrap();
-    let err = k.sf_fails(&["keys", "restore", k.env.path("changed.yaml").to_str().unwrap()]);
-    assert!(err.contains(&vol_key) && err.contains("different data"), "{err}");
+    let err = k.sf_fails(&[
+        "keys",
+        "restore",
+        k.env.path("changed.yaml").to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains(&vol_key) && err.contains("different data"),
+        "{err}"
+    );
     assert_eq!(k.api.secret("storageos", &vol_key).unwrap(), before);
     let status = k.sf(&["keys", "status"]);
     assert!(status.contains("available"), "{status}");

@@ -68,9 +68,8 @@ pub fn read_restore_files(paths: &[PathBuf]) -> Result<RestorePlan, KeysError> {
         let docs = parse_manifests(&bytes)
             .map_err(|e| KeysError::Invalid(format!("{file} {e}; nothing was restored")))?;
         for doc in docs {
-            let m = doc.map_err(|e| {
-                KeysError::Invalid(format!("{file}: {e}; nothing was restored"))
-            })?;
+            let m =
+                doc.map_err(|e| KeysError::Invalid(format!("{file}: {e}; nothing was restored")))?;
             match classify(&m) {
                 Ok(Some(_)) => {}
                 Ok(None) => {
@@ -136,9 +135,7 @@ pub fn restore(store: &dyn KeyStore, plan: &RestorePlan) -> Result<Vec<RestoreOu
         match store.create(&m)? {
             CreateOutcome::Created => out.push(RestoreOutcome::Created(m.name.clone())),
             CreateOutcome::AlreadyExists => match store.existing(&m.name)? {
-                Some(e) if e.data == m.data => {
-                    out.push(RestoreOutcome::Unchanged(m.name.clone()))
-                }
+                Some(e) if e.data == m.data => out.push(RestoreOutcome::Unchanged(m.name.clone())),
                 _ => return Err(conflict(&m.name)),
             },
         }

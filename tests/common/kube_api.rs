@@ -468,9 +468,11 @@ fn handle(shared: &Shared, req: &Request, out: &mut TcpStream, epoch: u64) -> bo
             let field_validation = json!({"name": "fieldValidation", "in": "query",
                 "description": "fieldValidation instructs the server on how to handle objects in the request containing unknown or duplicate fields.",
                 "schema": {"type": "string", "uniqueItems": true}});
-            let op = |id: &str| json!({"operationId": id, "x-kubernetes-action": "patch",
+            let op = |id: &str| {
+                json!({"operationId": id, "x-kubernetes-action": "patch",
                 "x-kubernetes-group-version-kind": gvk, "parameters": [field_validation],
-                "responses": {"200": {"description": "OK"}}});
+                "responses": {"200": {"description": "OK"}}})
+            };
             respond(
                 out,
                 200,
@@ -497,17 +499,30 @@ fn handle(shared: &Shared, req: &Request, out: &mut TcpStream, epoch: u64) -> bo
                     return respond(
                         out,
                         400,
-                        &status(400, "BadRequest", &format!("the object provided is unrecognized (not JSON): {e}"), None),
+                        &status(
+                            400,
+                            "BadRequest",
+                            &format!("the object provided is unrecognized (not JSON): {e}"),
+                            None,
+                        ),
                     );
                 }
             };
-            if req.query.get("fieldValidation").is_some_and(|v| v == "Strict")
+            if req
+                .query
+                .get("fieldValidation")
+                .is_some_and(|v| v == "Strict")
                 && let Some(field) = unknown_field(&body)
             {
                 return respond(
                     out,
                     400,
-                    &status(400, "BadRequest", &format!("strict decoding error: unknown field \"{field}\""), None),
+                    &status(
+                        400,
+                        "BadRequest",
+                        &format!("strict decoding error: unknown field \"{field}\""),
+                        None,
+                    ),
                 );
             }
             let (code, body) = create(shared, ns, &body);
@@ -531,7 +546,12 @@ fn handle(shared: &Shared, req: &Request, out: &mut TcpStream, epoch: u64) -> bo
                     respond(
                         out,
                         404,
-                        &status(404, "NotFound", &format!("secrets \"{name}\" not found"), Some(name)),
+                        &status(
+                            404,
+                            "NotFound",
+                            &format!("secrets \"{name}\" not found"),
+                            Some(name),
+                        ),
                     )
                 }
             }
@@ -564,7 +584,12 @@ fn handle(shared: &Shared, req: &Request, out: &mut TcpStream, epoch: u64) -> bo
                     respond(
                         out,
                         404,
-                        &status(404, "NotFound", &format!("secrets \"{name}\" not found"), Some(name)),
+                        &status(
+                            404,
+                            "NotFound",
+                            &format!("secrets \"{name}\" not found"),
+                            Some(name),
+                        ),
                     )
                 }
             }
@@ -572,23 +597,53 @@ fn handle(shared: &Shared, req: &Request, out: &mut TcpStream, epoch: u64) -> bo
         ("GET", _) => respond(
             out,
             404,
-            &status(404, "NotFound", "the server could not find the requested resource", None),
+            &status(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+                None,
+            ),
         ),
         _ => respond(
             out,
             405,
-            &status(405, "MethodNotAllowed", "the server does not allow this method on the requested resource", None),
+            &status(
+                405,
+                "MethodNotAllowed",
+                "the server does not allow this method on the requested resource",
+                None,
+            ),
         ),
     }
 }
 
 /// The first field a Secret does not have (what `fieldValidation=Strict` refuses).
 fn unknown_field(body: &Value) -> Option<String> {
-    const TOP: &[&str] = &["apiVersion", "kind", "metadata", "data", "stringData", "type", "immutable"];
+    const TOP: &[&str] = &[
+        "apiVersion",
+        "kind",
+        "metadata",
+        "data",
+        "stringData",
+        "type",
+        "immutable",
+    ];
     const META: &[&str] = &[
-        "name", "generateName", "namespace", "labels", "annotations", "uid", "resourceVersion",
-        "creationTimestamp", "managedFields", "finalizers", "ownerReferences", "generation",
-        "selfLink", "deletionTimestamp", "deletionGracePeriodSeconds",
+        "name",
+        "generateName",
+        "namespace",
+        "labels",
+        "annotations",
+        "uid",
+        "resourceVersion",
+        "creationTimestamp",
+        "managedFields",
+        "finalizers",
+        "ownerReferences",
+        "generation",
+        "selfLink",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
     ];
     let obj = body.as_object()?;
     if let Some(k) = obj.keys().find(|k| !TOP.contains(&k.as_str())) {
@@ -610,11 +665,19 @@ fn now_rfc3339() -> String {
 /// Validates and stores a new Secret the way the real server does; (HTTP code, body).
 fn create(shared: &Shared, ns: &str, body: &Value) -> (u16, Value) {
     let bad = |msg: &str| (400, status(400, "BadRequest", msg, None));
-    if body.get("kind").and_then(Value::as_str).is_some_and(|k| k != "Secret") {
+    if body
+        .get("kind")
+        .and_then(Value::as_str)
+        .is_some_and(|k| k != "Secret")
+    {
         return bad("the kind of the provided object does not match the resource (secrets)");
     }
     let meta = body.get("metadata").cloned().unwrap_or(json!({}));
-    let name = meta.get("name").and_then(Value::as_str).unwrap_or("").to_string();
+    let name = meta
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     if meta
         .get("resourceVersion")
         .and_then(Value::as_str)
@@ -627,7 +690,9 @@ fn create(shared: &Shared, ns: &str, body: &Value) -> (u16, Value) {
         .and_then(Value::as_str)
         .is_some_and(|n| !n.is_empty() && n != ns)
     {
-        return bad("the namespace of the provided object does not match the namespace sent on the request");
+        return bad(
+            "the namespace of the provided object does not match the namespace sent on the request",
+        );
     }
     if name.is_empty() {
         return (
@@ -680,7 +745,12 @@ fn create(shared: &Shared, ns: &str, body: &Value) -> (u16, Value) {
         st.conflicts += 1;
         return (
             409,
-            status(409, "AlreadyExists", &format!("secrets \"{name}\" already exists"), Some(&name)),
+            status(
+                409,
+                "AlreadyExists",
+                &format!("secrets \"{name}\" already exists"),
+                Some(&name),
+            ),
         );
     }
     st.rv += 1;
@@ -744,10 +814,12 @@ fn matches_selectors(req: &Request, obj: &Value) -> bool {
     }
     if let Some(sel) = req.query.get("fieldSelector").filter(|s| !s.is_empty()) {
         for term in sel.split(',') {
-            if let Some(("metadata.name", v)) = term.split_once('=').map(|(k, v)| (k, v.trim_start_matches('='))) {
-                if obj["metadata"]["name"].as_str() != Some(v) {
-                    return false;
-                }
+            if let Some(("metadata.name", v)) = term
+                .split_once('=')
+                .map(|(k, v)| (k, v.trim_start_matches('=')))
+                && obj["metadata"]["name"].as_str() != Some(v)
+            {
+                return false;
             }
         }
     }
@@ -846,7 +918,8 @@ fn list_or_watch(
 fn write_chunk(out: &mut TcpStream, v: &Value) -> bool {
     let mut line = serde_json::to_vec(v).unwrap();
     line.push(b'\n');
-    out.write_all(format!("{:x}\r\n", line.len()).as_bytes()).is_ok()
+    out.write_all(format!("{:x}\r\n", line.len()).as_bytes())
+        .is_ok()
         && out.write_all(&line).is_ok()
         && out.write_all(b"\r\n").is_ok()
         && out.flush().is_ok()
@@ -871,8 +944,14 @@ fn watch_stream(
     if out.write_all(head.as_bytes()).is_err() {
         return false;
     }
-    let bookmarks = req.query.get("allowWatchBookmarks").is_some_and(|v| v == "true");
-    let initial_events = req.query.get("sendInitialEvents").is_some_and(|v| v == "true");
+    let bookmarks = req
+        .query
+        .get("allowWatchBookmarks")
+        .is_some_and(|v| v == "true");
+    let initial_events = req
+        .query
+        .get("sendInitialEvents")
+        .is_some_and(|v| v == "true");
     let timeout = req
         .query
         .get("timeoutSeconds")
@@ -880,7 +959,11 @@ fn watch_stream(
         .map(Duration::from_secs)
         .unwrap_or(Duration::from_secs(1800));
     let deadline = Instant::now() + timeout;
-    let from = req.query.get("resourceVersion").cloned().unwrap_or_default();
+    let from = req
+        .query
+        .get("resourceVersion")
+        .cloned()
+        .unwrap_or_default();
     let in_ns = |n: &str| ns.is_none_or(|ns| ns == n);
     let mut last;
     {
@@ -1009,7 +1092,10 @@ impl KubeEnv {
     }
 
     pub fn sf_run(&self, args: &[&str]) -> std::process::Output {
-        self.sf_cmd().args(args).output().expect("run storageos-fuse")
+        self.sf_cmd()
+            .args(args)
+            .output()
+            .expect("run storageos-fuse")
     }
 
     /// storageos-fuse --key-source kube ARGS; expects success, returns stdout.
@@ -1027,7 +1113,10 @@ impl KubeEnv {
     /// Expects failure with one `error:` line; returns it.
     pub fn sf_fails(&self, args: &[&str]) -> String {
         let o = self.sf_run(args);
-        assert!(!o.status.success(), "storageos-fuse {args:?} unexpectedly succeeded");
+        assert!(
+            !o.status.success(),
+            "storageos-fuse {args:?} unexpectedly succeeded"
+        );
         super::error_line(&o)
     }
 
@@ -1042,7 +1131,14 @@ impl KubeEnv {
             .env("STORAGEOS_FUSE_DATA_DIR", &self.env.data)
             .env("STORAGEOS_FUSE_KEYS_DIR", &self.env.keys)
             .env("STORAGEOS_FUSE_KEY_SOURCE", "kube")
-            .env("PATH", format!("{}:{}", super::bin().parent().unwrap().display(), std::env::var("PATH").unwrap_or_default()))
+            .env(
+                "PATH",
+                format!(
+                    "{}:{}",
+                    super::bin().parent().unwrap().display(),
+                    std::env::var("PATH").unwrap_or_default()
+                ),
+            )
             .env_remove("POD_NAMESPACE")
             .output()
             .expect("run sh")
@@ -1064,7 +1160,11 @@ impl KubeEnv {
     /// Runs a shell line that must fail; returns its stderr.
     pub fn sh_fails(&self, script: &str) -> String {
         let o = self.shell(script);
-        assert!(!o.status.success(), "`{script}` unexpectedly succeeded: {}", String::from_utf8_lossy(&o.stdout));
+        assert!(
+            !o.status.success(),
+            "`{script}` unexpectedly succeeded: {}",
+            String::from_utf8_lossy(&o.stdout)
+        );
         String::from_utf8_lossy(&o.stderr).into_owned()
     }
 }
