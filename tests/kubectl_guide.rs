@@ -275,4 +275,16 @@ fn restore_with_different_data_names_the_secret_and_changes_nothing() {
     assert_eq!(k.api.secret("storageos", &vol_key).unwrap(), before);
     let status = k.sf(&["keys", "status"]);
     assert!(status.contains("available"), "{status}");
+
+    // `volume delete` removes the vol-key Secret through the API; the ns-key stays.
+    k.sf(&["volume", "delete", "default/a"]);
+    let rows = secret_rows(&k.sh_ok("kubectl get secrets -n storageos"));
+    assert_eq!(
+        rows,
+        [(
+            "ns-key.default".to_string(),
+            "Opaque".to_string(),
+            "1".to_string()
+        )]
+    );
 }

@@ -49,7 +49,7 @@ impl KubeConnect {
         }
     }
 
-    async fn client(&self) -> Result<Client, KeysError> {
+    async fn client(&self) -> Result<(Client, String), KeysError> {
         let config = match &self.kubeconfig {
             None => Config::infer().await.map_err(|e| {
                 KeysError::Io(format!(
@@ -67,8 +67,10 @@ impl KubeConnect {
                     })?
             }
         };
-        Client::try_from(config)
-            .map_err(|e| KeysError::Io(format!("cannot build a Kubernetes client: {e}")))
+        let url = config.cluster_url.to_string();
+        let client = Client::try_from(config)
+            .map_err(|e| KeysError::Io(format!("cannot build a Kubernetes client: {e}")))?;
+        Ok((client, url))
     }
 }
 
@@ -141,8 +143,18 @@ pub fn report_from_secrets(secrets: impl IntoIterator<Item = Secret>) -> LoadRep
     report
 }
 
-fn api_error(what: &str, e: kube::Error) -> KeysError {
-    KeysError::Io(format!("{what}: {e}"))
+/// One line for a failed API call: what failed, where, why, and for an unreachable server
+/// the way out.
+fn api_error(what: &str, server: &str, e: kube::Error) -> KeysError {
+    match e {
+        kube::Error::Api(status) => KeysError::Io(format!(
+            "{what}: the API server at {server} answered {} {}: {}",
+            status.code, status.reason, status.message
+        )),
+        e => KeysError::Io(format!(
+            "{what}: cannot reach the API server at {server} ({e}); check KUBECONFIG or the in-cluster service account"
+        )),
+    }
 }
 
 /// Secrets in the key namespace of a Kubernetes cluster.
@@ -150,6 +162,7 @@ pub struct KubeStore {
     rt: tokio::runtime::Runtime,
     api: Api<Secret>,
     namespace: String,
+    server: String,
 }
 
 impl KubeStore {
@@ -158,11 +171,12 @@ impl KubeStore {
             .enable_all()
             .build()
             .map_err(|e| KeysError::Io(format!("cannot start the Kubernetes client: {e}")))?;
-        let client = rt.block_on(conn.client())?;
+        let (client, server) = rt.block_on(conn.client())?;
         Ok(Self {
             rt,
             api: Api::namespaced(client, &conn.namespace),
             namespace: conn.namespace.clone(),
+            server,
         })
     }
 
@@ -171,6 +185,7 @@ impl KubeStore {
             Ok(s) => Ok(s.and_then(manifest_from_secret)),
             Err(e) => Err(api_error(
                 &format!("cannot read Secret {name} in namespace {}", self.namespace),
+                &self.server,
                 e,
             )),
         }
@@ -193,6 +208,7 @@ impl KeyStore for KubeStore {
             .map_err(|e| {
                 api_error(
                     &format!("cannot list Secrets in namespace {}", self.namespace),
+                    &self.server,
                     e,
                 )
             })?;
@@ -219,6 +235,7 @@ impl KeyStore for KubeStore {
                     "cannot create Secret {} in namespace {}",
                     m.name, self.namespace
                 ),
+                &self.server,
                 e,
             )),
         }
@@ -236,6 +253,7 @@ impl KeyStore for KubeStore {
                     "cannot delete Secret {name} in namespace {}",
                     self.namespace
                 ),
+                &self.server,
                 e,
             )),
         }
@@ -358,7 +376,7 @@ pub fn spawn_kube_watcher(
         .enable_all()
         .build()
         .map_err(|e| KeysError::Io(format!("cannot start the Kubernetes watcher: {e}")))?;
-    let client = rt.block_on(conn.client())?;
+    let (client, _) = rt.block_on(conn.client())?;
     let api: Api<Secret> = Api::namespaced(client, &conn.namespace);
     let stop = Arc::new(AtomicBool::new(false));
     let (wake, woken) = tokio::sync::oneshot::channel::<()>();
