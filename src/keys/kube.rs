@@ -419,3 +419,64 @@ pub fn spawn_kube_watcher(
         thread: Some(thread),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypt::NamespaceKey;
+    use crate::keys::record::ns_key_manifest;
+
+    fn ns_secret(ns: &str) -> Secret {
+        let m = ns_key_manifest(ns, &NamespaceKey::generate(), "storageos");
+        secret_from_manifest(&m, "storageos")
+    }
+
+    #[test]
+    fn secret_round_trips_through_manifest() {
+        let s = ns_secret("default");
+        let m = manifest_from_secret(s.clone()).unwrap();
+        assert_eq!(m.name, "ns-key.default");
+        assert_eq!(m.namespace.as_deref(), Some("storageos"));
+        assert_eq!(secret_from_manifest(&m, "storageos"), s);
+    }
+
+    #[test]
+    fn cache_snapshots_only_after_the_initial_list_and_swaps_on_relist() {
+        let mut c = SecretCache::default();
+        assert!(c.apply(watcher::Event::Init).is_none());
+        assert!(c.apply(watcher::Event::InitApply(ns_secret("a"))).is_none());
+        let r = c.apply(watcher::Event::InitDone).unwrap();
+        assert!(r.keys.ns_key("a").is_some());
+        let r = c.apply(watcher::Event::Apply(ns_secret("b"))).unwrap();
+        assert!(r.keys.ns_key("a").is_some() && r.keys.ns_key("b").is_some());
+        let r = c.apply(watcher::Event::Delete(ns_secret("a"))).unwrap();
+        assert!(r.keys.ns_key("a").is_none());
+        // A relist (after 410 Gone) replaces everything at its end, not before.
+        assert!(c.apply(watcher::Event::Init).is_none());
+        assert!(c.apply(watcher::Event::InitApply(ns_secret("c"))).is_none());
+        let r = c.apply(watcher::Event::InitDone).unwrap();
+        assert!(r.keys.ns_key("b").is_none() && r.keys.ns_key("c").is_some());
+    }
+
+    #[test]
+    fn unrelated_secrets_are_ignored_and_broken_ones_named() {
+        let mut broken = ns_secret("x");
+        broken
+            .data
+            .as_mut()
+            .unwrap()
+            .insert("key".into(), ByteString(vec![1; 16]));
+        let unrelated = Secret {
+            metadata: ObjectMeta {
+                name: Some("registry".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let r = report_from_secrets([ns_secret("ok"), broken, unrelated]);
+        assert!(r.keys.ns_key("ok").is_some());
+        assert_eq!(r.keys.manifests.len(), 1);
+        assert_eq!(r.issues.len(), 1);
+        assert!(r.issues[0].source.contains("ns-key.x"), "{:?}", r.issues);
+    }
+}

@@ -19,7 +19,7 @@
 //! - errors as `Status` bodies: 404 NotFound, 409 AlreadyExists, 400 BadRequest for a
 //!   create carrying `metadata.resourceVersion` ("resourceVersion should not be set on
 //!   objects to be created"), for a namespace mismatch and for data that is not base64,
-//!   422 Invalid for a missing name;
+//!   422 Invalid for a missing name or one that is not a DNS-1123 subdomain;
 //! - restart: `stop`/`start_again`/`restart` drop every connection (open watches included)
 //!   and refuse connections while stopped; history can be kept or lost (compaction), in
 //!   which case watches from an older resourceVersion get the 410 above.
@@ -617,6 +617,14 @@ fn handle(shared: &Shared, req: &Request, out: &mut TcpStream, epoch: u64) -> bo
     }
 }
 
+fn is_dns_subdomain(name: &str) -> bool {
+    let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    name.len() <= 253
+        && name.starts_with(alnum)
+        && name.ends_with(alnum)
+        && name.chars().all(|c| alnum(c) || c == '-' || c == '.')
+}
+
 /// The first field a Secret does not have (what `fieldValidation=Strict` refuses).
 fn unknown_field(body: &Value) -> Option<String> {
     const TOP: &[&str] = &[
@@ -702,6 +710,19 @@ fn create(shared: &Shared, ns: &str, body: &Value) -> (u16, Value) {
                 "Invalid",
                 "Secret \"\" is invalid: metadata.name: Required value: name or generateName is required",
                 None,
+            ),
+        );
+    }
+    if !is_dns_subdomain(&name) {
+        return (
+            422,
+            status(
+                422,
+                "Invalid",
+                &format!(
+                    "Secret \"{name}\" is invalid: metadata.name: Invalid value: \"{name}\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"
+                ),
+                Some(&name),
             ),
         );
     }
