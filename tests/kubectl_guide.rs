@@ -222,6 +222,17 @@ fn guide_backup_delete_restore_with_kubectl() {
         status.contains(&id) && status.contains("available"),
         "{status}"
     );
+
+    // And the raw file itself once the Secret is gone: kubectl clears resourceVersion and
+    // the server replaces uid and creationTimestamp, as a real one does.
+    k.sh_ok(&format!("kubectl delete secret {vol_key} -n storageos"));
+    k.sh_ok("kubectl create -f f");
+    let recreated = k.api.secret("storageos", &vol_key).unwrap();
+    assert_ne!(recreated["metadata"]["uid"], stored["metadata"]["uid"]);
+    assert_eq!(recreated["data"], stored["data"]);
+    k.sf(&["mount", "default/pvc0002", "--at", img_s, "--background"]);
+    check_pattern(&img, &chunks);
+    k.sf(&["umount", img_s]);
 }
 
 #[test]
