@@ -368,6 +368,15 @@ impl Drop for SecretCache {
 /// `keyring` a full snapshot after the initial list and after every change. Connection
 /// loss, server restarts and 410 Gone are handled inside (relist, reconnect with backoff);
 /// errors are logged, never fatal. Fails only when no client can be built.
+///
+/// For a daemon (`serve`): build one `Keyring`, start the watcher with the global
+/// `--key-namespace`, wait for `keyring.is_synced()` (or `wait_change`), then react to
+/// `keyring.wait_change(generation, ..)`; keep the returned handle alive while serving:
+///
+/// ```text
+/// let keyring = Keyring::new();
+/// let _watcher = spawn_kube_watcher(&KubeConnect::new(&g.key_namespace), keyring.clone())?;
+/// ```
 pub fn spawn_kube_watcher(
     conn: &KubeConnect,
     keyring: Arc<Keyring>,
