@@ -134,7 +134,7 @@ pub enum KeysCommand {
     Status,
     /// Write one Secret manifest per ns-key/vol-key that `kubectl create -f` accepts
     Backup {
-        /// Directory to write <secret>.yaml files into (created if absent)
+        /// Directory to write SECRET.yaml files into (created if absent)
         #[arg(long)]
         out: PathBuf,
     },
