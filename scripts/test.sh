@@ -13,6 +13,8 @@ command -v losetup >/dev/null 2>&1 || need+=(util-linux)
 command -v blkdiscard >/dev/null 2>&1 || need+=(util-linux)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
+# tests/kubectl_*.rs drive the real kubectl against the test API server.
+command -v kubectl >/dev/null 2>&1 || need+=(kubectl)
 if [ ${#need[@]} -gt 0 ]; then
   echo "== installing: ${need[*]}"
   if [ "$(id -u)" -ne 0 ]; then echo "error: run as root to install ${need[*]}" >&2; exit 1; fi

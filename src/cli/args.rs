@@ -146,6 +146,18 @@ pub struct MountArgs {
 pub enum KeysCommand {
     /// Per volume: key available, missing or mismatch
     Status,
+    /// Write one Secret manifest per ns-key/vol-key that `kubectl create -f` accepts
+    Backup {
+        /// Directory to write SECRET.yaml files into (created if absent)
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Restore key Secrets from backups or raw `kubectl get secret -o yaml` output
+    Restore {
+        /// Files holding one Secret, several documents or a `kind: List`
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
 }
 
 fn parse_sector_size(s: &str) -> Result<u32, String> {

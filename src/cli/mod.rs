@@ -12,7 +12,8 @@ use args::{Command, GlobalArgs, KeySource, KeysCommand, OutputFormat, VolumeComm
 
 use crate::daemon::mount::{MountRequest, run_mount, run_umount};
 use crate::error::{Error, Result};
-use crate::keys::{DirStore, KeyStore};
+use crate::keys::kube::{KubeConnect, KubeStore};
+use crate::keys::{self, DirStore, KeyStore};
 use crate::manager::{CreateRequest, Manager};
 use crate::volume::VolumeStore;
 use crate::volume::size::format_size;
@@ -57,9 +58,9 @@ pub fn key_store(g: &GlobalArgs) -> Result<Box<dyn KeyStore>> {
                 .unwrap_or_else(|| g.data_dir.join("keys"));
             Ok(Box::new(DirStore::new(dir, g.key_namespace.clone())))
         }
-        KeySource::Kube => Err(Error::Usage(
-            "--key-source kube is not available in this build yet; use --key-source dir".into(),
-        )),
+        KeySource::Kube => Ok(Box::new(KubeStore::connect(&KubeConnect::new(
+            g.key_namespace.clone(),
+        ))?)),
     }
 }
 
@@ -85,6 +86,8 @@ pub fn run(cli: Cli) -> Result<()> {
         ),
         Command::Umount { target } => run_umount(&mgr, &target),
         Command::Keys(KeysCommand::Status) => keys_status(&mgr),
+        Command::Keys(KeysCommand::Backup { out }) => keys_backup(&mgr, &out),
+        Command::Keys(KeysCommand::Restore { files }) => keys_restore(&mgr, &files),
         Command::Completions { .. } | Command::Manpage | Command::Benchmark { .. } => {
             unreachable!("handled before the manager is built")
         }
@@ -221,6 +224,36 @@ fn keys_status(mgr: &Manager) -> Result<()> {
         .map(|(name, (meta, status))| [name, meta.id, status.as_str().to_string()])
         .collect();
     print_table(&["VOLUME", "ID", "KEY"], &rows);
+    Ok(())
+}
+
+fn keys_backup(mgr: &Manager, out: &std::path::Path) -> Result<()> {
+    let written = keys::backup_to_dir(mgr.keys.as_ref(), out)?;
+    for p in &written {
+        println!("{}", p.display());
+    }
+    eprintln!(
+        "backed up {} Secret(s) from {} to {}",
+        written.len(),
+        mgr.keys.location(),
+        out.display()
+    );
+    Ok(())
+}
+
+fn keys_restore(mgr: &Manager, files: &[std::path::PathBuf]) -> Result<()> {
+    let plan = keys::read_restore_files(files)?;
+    for note in &plan.skipped {
+        eprintln!("note: {note}");
+    }
+    for outcome in keys::restore(mgr.keys.as_ref(), &plan)? {
+        match outcome {
+            keys::RestoreOutcome::Created(name) => println!("secret/{name} restored"),
+            keys::RestoreOutcome::Unchanged(name) => {
+                println!("secret/{name} unchanged (identical Secret already there)")
+            }
+        }
+    }
     Ok(())
 }
 

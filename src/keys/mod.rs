@@ -1,17 +1,20 @@
 //! Keys: Secret manifests, the volume-key records they carry, the key sources that store
-//! them (`dir`, later `kube`) and the unlock of a volume key.
+//! them (`dir`, `kube`) and the unlock of a volume key.
 //!
 //! Owns the mapping between Kubernetes Secrets (`ns-key.<ns>`, `vol-key.<id>`) and key
 //! types from `crypt`. Does not do any cryptography itself beyond calling `crypt`, and
 //! does not know about backing files or FUSE.
 
+mod backup;
 mod dir;
 mod keyring;
 mod keyset;
+pub mod kube;
 mod manifest;
 mod record;
 mod store;
 
+pub use backup::{RestoreOutcome, RestorePlan, backup_to_dir, read_restore_files, restore};
 pub use dir::{DirStore, load_file};
 pub use keyring::Keyring;
 pub use keyset::{KeyIssue, KeySet, LoadReport};

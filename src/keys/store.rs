@@ -11,7 +11,9 @@ use crate::crypt::NamespaceKey;
 pub enum KeysError {
     #[error("{0}")]
     Io(String),
-    #[error("Secret {name} already exists in {location} with different data")]
+    #[error(
+        "Secret {name} already exists in {location} with different data; nothing was restored (delete that Secret first if the backup is the one to keep)"
+    )]
     Conflict { name: String, location: String },
     #[error("{0}")]
     Invalid(String),
@@ -38,6 +40,10 @@ pub trait KeyStore: Send + Sync {
     fn delete(&self, name: &str) -> Result<(), KeysError>;
     /// The `restore` hint for error messages.
     fn restore_hint(&self, secret: &str) -> String;
+    /// The valid key Secret of that name, if the store holds one.
+    fn existing(&self, name: &str) -> Result<Option<SecretManifest>, KeysError> {
+        Ok(self.load()?.keys.manifests.get(name).cloned())
+    }
 }
 
 /// The namespace key of `namespace`, created on first use. When another node (or process)

@@ -5,6 +5,8 @@
 //! are skipped locally, but under `CI=true` they fail loudly instead.
 #![allow(dead_code)]
 
+pub mod kube_api;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
