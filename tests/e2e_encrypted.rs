@@ -21,7 +21,10 @@ fn write_files(dir: &Path) -> BTreeMap<String, String> {
     for i in 0..16u64 {
         let p = dir.join(format!("file-{i:02}.bin"));
         fs::write(&p, pseudo_random(1000 + i, 4 << 20)).unwrap();
-        sums.insert(p.file_name().unwrap().to_string_lossy().into_owned(), sha256_file(&p));
+        sums.insert(
+            p.file_name().unwrap().to_string_lossy().into_owned(),
+            sha256_file(&p),
+        );
     }
     let mut marker = MARKER.repeat(100);
     marker.push(b'\n');
@@ -31,7 +34,10 @@ fn write_files(dir: &Path) -> BTreeMap<String, String> {
 }
 
 fn read_sums(dir: &Path, names: &BTreeMap<String, String>) -> BTreeMap<String, String> {
-    names.keys().map(|n| (n.clone(), sha256_file(&dir.join(n)))).collect()
+    names
+        .keys()
+        .map(|n| (n.clone(), sha256_file(&dir.join(n))))
+        .collect()
 }
 
 fn contains(hay: &Path, needle: &[u8]) -> bool {
@@ -98,10 +104,18 @@ fn encrypted_volume_end_to_end() {
     sh(&format!("umount {}", mnt.display()));
     lo.detach();
     env.ok(&["umount", "default/pvc0002"]);
-    assert!(!std::fs::read_to_string("/proc/self/mountinfo").unwrap().contains(&id), "image unmounted");
+    assert!(
+        !std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .contains(&id),
+        "image unmounted"
+    );
 
     // The backing file holds no plaintext.
-    assert!(!contains(&data_file, MARKER), "plaintext marker found in the backing file");
+    assert!(
+        !contains(&data_file, MARKER),
+        "plaintext marker found in the backing file"
+    );
 
     // Second life, new process: everything reads back, the file system is clean.
     let img = env.mount_bg(&id, "pvc0002");
@@ -119,9 +133,14 @@ fn encrypted_volume_end_to_end() {
     let digest: [u8; 32] = {
         use base64::Engine as _;
         let meta: serde_json::Value =
-            serde_json::from_slice(&fs::read(env.volume_dir(&id).join("volume.json")).unwrap()).unwrap();
+            serde_json::from_slice(&fs::read(env.volume_dir(&id).join("volume.json")).unwrap())
+                .unwrap();
         let d = meta["encryption"]["key_digest"].as_str().unwrap();
-        base64::engine::general_purpose::STANDARD.decode(d).unwrap().try_into().unwrap()
+        base64::engine::general_purpose::STANDARD
+            .decode(d)
+            .unwrap()
+            .try_into()
+            .unwrap()
     };
     let vk = rec.unlock(&id, &digest).unwrap();
     let backing = fs::File::open(&data_file).unwrap();
@@ -135,10 +154,17 @@ fn encrypted_volume_end_to_end() {
         let mut served = vec![0u8; 4096];
         image.read_exact_at(&mut served, s * 4096).unwrap();
         if ct.iter().all(|&b| b == 0) {
-            assert!(served.iter().all(|&b| b == 0), "hole sector {s} must read as zeros");
+            assert!(
+                served.iter().all(|&b| b == 0),
+                "hole sector {s} must read as zeros"
+            );
             continue;
         }
-        assert_eq!(openssl_xts_decrypt(vk.as_bytes(), s, &ct), served, "sector {s}");
+        assert_eq!(
+            openssl_xts_decrypt(vk.as_bytes(), s, &ct),
+            served,
+            "sector {s}"
+        );
         checked += 1;
     }
     assert!(checked > 100, "only {checked} written sectors sampled");

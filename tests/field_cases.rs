@@ -47,7 +47,9 @@ fn good_kubectl_outputs_load() {
     for ns in ["default", "mongo", "web"] {
         assert!(k.ns_key(ns).is_some(), "ns-key.{ns}");
     }
-    let rec = k.vol_key("4276fc07-7d85-70bf-35a0-f0b005e55e0f").expect("vol-key from the List");
+    let rec = k
+        .vol_key("4276fc07-7d85-70bf-35a0-f0b005e55e0f")
+        .expect("vol-key from the List");
     assert_eq!(rec.volume_namespace.as_deref(), Some("default"));
     // The registry Secret in the List is not ours: ignored, not an error.
     assert!(!k.manifests.contains_key("regcred"));
@@ -63,13 +65,37 @@ fn each_bad_file_is_refused_alone_while_good_ones_load() {
         files.push(bad);
         let (dir, store) = keys_dir_with(&files);
         let report = store.load().unwrap();
-        let name = Path::new(bad).file_name().unwrap().to_string_lossy().to_string();
-        let issues: Vec<_> = report.issues.iter().filter(|i| i.source.ends_with(&name)).collect();
+        let name = Path::new(bad)
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .to_string();
+        let issues: Vec<_> = report
+            .issues
+            .iter()
+            .filter(|i| i.source.ends_with(&name))
+            .collect();
         assert_eq!(issues.len(), 1, "{bad}: {:?}", report.issues);
-        assert!(issues[0].message.contains(why), "{bad}: {:?} should say {why:?}", issues[0].message);
-        assert!(issues[0].source.starts_with(&dir.path().display().to_string()));
-        assert_eq!(report.issues.len(), 1, "{bad}: only the bad file is refused");
-        assert_eq!(report.keys.manifests.len(), 4, "{bad}: good files still load");
+        assert!(
+            issues[0].message.contains(why),
+            "{bad}: {:?} should say {why:?}",
+            issues[0].message
+        );
+        assert!(
+            issues[0]
+                .source
+                .starts_with(&dir.path().display().to_string())
+        );
+        assert_eq!(
+            report.issues.len(),
+            1,
+            "{bad}: only the bad file is refused"
+        );
+        assert_eq!(
+            report.keys.manifests.len(),
+            4,
+            "{bad}: good files still load"
+        );
     }
 }
 
@@ -78,7 +104,14 @@ fn refusals_never_echo_key_material() {
     let (_d, store) = keys_dir_with(&BAD.iter().map(|(f, _)| *f).collect::<Vec<_>>());
     let report = store.load().unwrap();
     for issue in &report.issues {
-        for secret in ["EaFQyTVFYctI5By", "73aMAEe85h9XGf4", "kUIk++79Cfui8yrm", "xu6OHpixnv", "Fg6zp4d6ylSLC", "u0jpxgl9AYX"] {
+        for secret in [
+            "EaFQyTVFYctI5By",
+            "73aMAEe85h9XGf4",
+            "kUIk++79Cfui8yrm",
+            "xu6OHpixnv",
+            "Fg6zp4d6ylSLC",
+            "u0jpxgl9AYX",
+        ] {
             assert!(!issue.to_string().contains(secret), "{issue}");
         }
     }
@@ -93,11 +126,25 @@ fn cli_reports_a_broken_file_and_still_uses_the_good_ones() {
         fs::copy(&src, env.keys.join(Path::new(f).file_name().unwrap())).unwrap();
     }
     // Creating a volume in namespace `mongo` adopts the restored ns-key.mongo.
-    let o = env.run(&["volume", "create", "mongo/db", "--size", "1Mi", "--label", "storageos.com/encryption=true"]);
+    let o = env.run(&[
+        "volume",
+        "create",
+        "mongo/db",
+        "--size",
+        "1Mi",
+        "--label",
+        "storageos.com/encryption=true",
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("short-ns-key.yaml") && err.contains("16 bytes"), "warning names the file: {err}");
-    assert!(!env.keys.join("ns-key.mongo.yaml").exists(), "existing ns-key.mongo was adopted, not recreated");
+    assert!(
+        err.contains("short-ns-key.yaml") && err.contains("16 bytes"),
+        "warning names the file: {err}"
+    );
+    assert!(
+        !env.keys.join("ns-key.mongo.yaml").exists(),
+        "existing ns-key.mongo was adopted, not recreated"
+    );
     let v = env.inspect("mongo/db");
     assert_eq!(v["key_status"], "available");
 }
@@ -108,14 +155,22 @@ fn cli_reports_a_broken_file_and_still_uses_the_good_ones() {
 fn fixtures_match_shared_cases() {
     let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/cases");
     if !shared.exists() {
-        assert!(!common::in_ci(), "CI must have ../shared/cases beside the repository");
+        assert!(
+            !common::in_ci(),
+            "CI must have ../shared/cases beside the repository"
+        );
         return;
     }
     let mut n = 0;
     for sub in ["kubectl", "bad"] {
         for e in fs::read_dir(shared.join(sub)).unwrap().flatten() {
             let ours = fixtures().join("cases").join(sub).join(e.file_name());
-            assert_eq!(fs::read(e.path()).unwrap(), fs::read(&ours).unwrap_or_default(), "{}", ours.display());
+            assert_eq!(
+                fs::read(e.path()).unwrap(),
+                fs::read(&ours).unwrap_or_default(),
+                "{}",
+                ours.display()
+            );
             n += 1;
         }
     }

@@ -9,10 +9,12 @@ use clap::Parser;
 
 pub use args::Cli;
 use args::{Command, GlobalArgs, KeySource, KeysCommand, OutputFormat, VolumeCommand};
+use std::sync::Arc;
 
 use crate::daemon::mount::{MountRequest, run_mount, run_umount};
+use crate::daemon::serve::{ServeRequest, run_serve};
 use crate::error::{Error, Result};
-use crate::keys::{DirStore, KeyStore};
+use crate::keys::{DirStore, KeyStore, Keyring, WatchHandle};
 use crate::manager::{CreateRequest, Manager};
 use crate::volume::VolumeStore;
 use crate::volume::size::format_size;
@@ -40,14 +42,32 @@ pub fn parse() -> Cli {
     }
 }
 
+fn dir_store(g: &GlobalArgs) -> DirStore {
+    let dir = g
+        .keys_dir
+        .clone()
+        .unwrap_or_else(|| g.data_dir.join("keys"));
+    DirStore::new(dir, g.key_namespace.clone())
+}
+
 pub fn key_store(g: &GlobalArgs) -> Result<Box<dyn KeyStore>> {
     match g.key_source {
+        KeySource::Dir => Ok(Box::new(dir_store(g))),
+        KeySource::Kube => Err(Error::Usage(
+            "--key-source kube is not available in this build yet; use --key-source dir".into(),
+        )),
+    }
+}
+
+/// The live keyring of the configured key source, kept current by the source's watcher
+/// while the returned handle lives. The one place a daemon chooses its key source.
+pub fn live_keyring(g: &GlobalArgs) -> Result<(Arc<Keyring>, WatchHandle)> {
+    let ring = Keyring::new();
+    match g.key_source {
         KeySource::Dir => {
-            let dir = g
-                .keys_dir
-                .clone()
-                .unwrap_or_else(|| g.data_dir.join("keys"));
-            Ok(Box::new(DirStore::new(dir, g.key_namespace.clone())))
+            let handle = crate::keys::spawn_dir_watcher(dir_store(g), ring.clone())
+                .map_err(|e| Error::Io(e.to_string()))?;
+            Ok((ring, handle))
         }
         KeySource::Kube => Err(Error::Usage(
             "--key-source kube is not available in this build yet; use --key-source dir".into(),
@@ -73,6 +93,18 @@ pub fn run(cli: Cli) -> Result<()> {
             },
         ),
         Command::Umount { target } => run_umount(&mgr, &target),
+        Command::Serve(a) => {
+            let (keyring, _watch) = live_keyring(&cli.global)?;
+            run_serve(
+                &mgr,
+                keyring,
+                &ServeRequest {
+                    mountpoint: Some(a.mountpoint),
+                    threads: a.threads.clamp(1, 64),
+                    allow_other: a.allow_other,
+                },
+            )
+        }
         Command::Keys(KeysCommand::Status) => keys_status(&mgr),
     }
 }

@@ -55,7 +55,7 @@ pub fn run_mount(mgr: &Manager, req: &MountRequest) -> Result<()> {
     let data = mgr.store.data_path(&meta.id);
     let image = VolumeImage::open(&data, meta.size_bytes, meta.sector_size, cipher).map_err(|e| match e {
         ImageError::Locked { .. } => Error::Mount(format!(
-            "volume {} is already served by another process (see `grep {} /proc/mounts`); run `storageos-fuse umount {}` first",
+            "volume {} is already served by another process (see `grep {} /proc/mounts`); run `storageos-fuse umount {}` first, or use its image under the running `serve` mount",
             meta.display_name(),
             meta.id,
             meta.display_name()
@@ -83,7 +83,7 @@ pub fn run_mount(mgr: &Manager, req: &MountRequest) -> Result<()> {
     })?;
     tracing::info!(volume = %meta.display_name(), id = %meta.id, path = %at.display(), "serving volume image");
     announce_ready(&at, mgr, &meta);
-    install_signal_handler(at.clone());
+    super::signals::unmount_on_signal(at.clone());
     session.run().map_err(|e| {
         Error::Mount(format!(
             "FUSE session for {} ended with an error: {e}",
@@ -165,30 +165,6 @@ fn announce_ready(at: &Path, mgr: &Manager, meta: &VolumeMeta) {
     }
     println!("{}", at.display());
     let _ = std::io::stdout().flush();
-}
-
-/// SIGTERM/SIGINT unmount the image; the session then ends and the process exits. While a
-/// loop device holds the image the unmount is refused (EBUSY) and serving goes on: stopping
-/// would fail every I/O of the filesystem on top.
-fn install_signal_handler(at: PathBuf) {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGTERM, SIGINT]) else {
-        tracing::warn!("cannot install signal handlers; stop with `storageos-fuse umount`");
-        return;
-    };
-    std::thread::spawn(move || {
-        for sig in signals.forever() {
-            tracing::info!(signal = sig, "stopping: unmounting {}", at.display());
-            match mounts::unmount(&at) {
-                Ok(()) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => tracing::error!(
-                    "cannot unmount {}: it is in use (a loop device or open file); detach it (losetup -d) and signal again",
-                    at.display()
-                ),
-                Err(e) => tracing::error!("cannot unmount {}: {e}", at.display()),
-            }
-        }
-    });
 }
 
 fn spawn_background(mgr: &Manager, meta: &VolumeMeta) -> Result<()> {

@@ -1,5 +1,6 @@
 //! Keys: Secret manifests, the volume-key records they carry, the key sources that store
-//! them (`dir`, later `kube`) and the unlock of a volume key.
+//! them (`dir`, later `kube`), the live keyring and its `dir` watcher, and the unlock of a
+//! volume key.
 //!
 //! Owns the mapping between Kubernetes Secrets (`ns-key.<ns>`, `vol-key.<id>`) and key
 //! types from `crypt`. Does not do any cryptography itself beyond calling `crypt`, and
@@ -11,6 +12,7 @@ mod keyset;
 mod manifest;
 mod record;
 mod store;
+mod watch;
 
 pub use dir::{DirStore, load_file};
 pub use keyring::Keyring;
@@ -20,6 +22,7 @@ pub use record::{
     KeySecret, SecretKind, UnlockError, VolKeyRecord, classify, new_volume_keys, ns_key_manifest,
 };
 pub use store::{CreateOutcome, KeyStore, KeysError, ensure_namespace_key};
+pub use watch::{WatchError, WatchHandle, spawn_dir_watcher};
 
 /// Label every Secret this product writes carries.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";

@@ -5,6 +5,8 @@
 //! are skipped locally, but under `CI=true` they fail loudly instead.
 #![allow(dead_code)]
 
+pub mod serve;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -21,11 +23,18 @@ pub fn fixtures() -> PathBuf {
 }
 
 pub fn in_ci() -> bool {
-    std::env::var("CI").map(|v| v == "true" || v == "1").unwrap_or(false)
+    std::env::var("CI")
+        .map(|v| v == "true" || v == "1")
+        .unwrap_or(false)
 }
 
 fn have(tool: &str) -> bool {
-    Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().map(|o| o.status.success()).unwrap_or(false)
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
 }
 
 /// Whether the real parts are here: root, /dev/fuse, loop devices and the named tools.
@@ -67,7 +76,10 @@ pub struct Env {
 
 impl Env {
     pub fn new() -> Self {
-        let root = tempfile::Builder::new().prefix("sfuse-test-").tempdir().expect("tempdir");
+        let root = tempfile::Builder::new()
+            .prefix("sfuse-test-")
+            .tempdir()
+            .expect("tempdir");
         let data = root.path().join("data");
         let keys = root.path().join("keys");
         Self { root, data, keys }
@@ -105,7 +117,10 @@ impl Env {
     /// Runs and expects failure with exactly one `error:` line on stderr; returns it.
     pub fn fails(&self, args: &[&str]) -> String {
         let o = self.run(args);
-        assert!(!o.status.success(), "storageos-fuse {args:?} unexpectedly succeeded");
+        assert!(
+            !o.status.success(),
+            "storageos-fuse {args:?} unexpectedly succeeded"
+        );
         error_line(&o)
     }
 
@@ -120,8 +135,18 @@ impl Env {
     /// `mount --background --at <root>/<name>.img`; returns the image path.
     pub fn mount_bg(&self, volume: &str, name: &str) -> PathBuf {
         let img = self.path(&format!("{name}.img"));
-        let out = self.ok(&["mount", volume, "--at", img.to_str().unwrap(), "--background"]);
-        assert_eq!(out.trim(), img.to_str().unwrap(), "mount prints the image path");
+        let out = self.ok(&[
+            "mount",
+            volume,
+            "--at",
+            img.to_str().unwrap(),
+            "--background",
+        ]);
+        assert_eq!(
+            out.trim(),
+            img.to_str().unwrap(),
+            "mount prints the image path"
+        );
         img
     }
 }
@@ -136,7 +161,11 @@ impl Drop for Env {
 pub fn error_line(o: &Output) -> String {
     let err = String::from_utf8_lossy(&o.stderr);
     let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(lines.len(), 1, "expected one error: line, stderr was:\n{err}");
+    assert_eq!(
+        lines.len(),
+        1,
+        "expected one error: line, stderr was:\n{err}"
+    );
     lines[0].to_string()
 }
 
@@ -154,7 +183,10 @@ pub fn cleanup_under(root: &Path) {
             let _ = Command::new("umount").arg("-l").arg(&p).output();
         }
     }
-    if let Ok(o) = Command::new("losetup").args(["-n", "-O", "NAME,BACK-FILE", "-l"]).output() {
+    if let Ok(o) = Command::new("losetup")
+        .args(["-n", "-O", "NAME,BACK-FILE", "-l"])
+        .output()
+    {
         for line in String::from_utf8_lossy(&o.stdout).lines() {
             let mut it = line.split_whitespace();
             if let (Some(dev), Some(file)) = (it.next(), it.next()) {
@@ -173,9 +205,20 @@ pub struct Loop {
 
 impl Loop {
     pub fn attach(file: &Path, extra: &[&str]) -> Self {
-        let o = Command::new("losetup").args(["-f", "--show"]).args(extra).arg(file).output().expect("losetup");
-        assert!(o.status.success(), "losetup failed: {}", String::from_utf8_lossy(&o.stderr));
-        Self { dev: String::from_utf8(o.stdout).unwrap().trim().to_string() }
+        let o = Command::new("losetup")
+            .args(["-f", "--show"])
+            .args(extra)
+            .arg(file)
+            .output()
+            .expect("losetup");
+        assert!(
+            o.status.success(),
+            "losetup failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        Self {
+            dev: String::from_utf8(o.stdout).unwrap().trim().to_string(),
+        }
     }
 
     pub fn detach(self) {
@@ -191,7 +234,12 @@ impl Drop for Loop {
 
 pub fn sh(cmd: &str) -> String {
     let o = Command::new("sh").arg("-c").arg(cmd).output().expect("sh");
-    assert!(o.status.success(), "`{cmd}` failed: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "`{cmd}` failed: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
@@ -225,7 +273,10 @@ pub fn tree_state(dir: &Path) -> BTreeMap<String, String> {
                 out.insert(rel, format!("dir {:o}", md.mode()));
                 walk(base, &p, out);
             } else {
-                out.insert(rel, format!("file {:o} {} {}", md.mode(), md.len(), sha256_file(&p)));
+                out.insert(
+                    rel,
+                    format!("file {:o} {} {}", md.mode(), md.len(), sha256_file(&p)),
+                );
             }
         }
     }
