@@ -85,8 +85,10 @@ pub fn run_serve(mgr: &Manager, keyring: Arc<Keyring>, req: &ServeRequest) -> Re
 
     let (wake, woken) = mpsc::channel::<()>();
     let events = wake.clone();
-    let mut watcher = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
-        let _ = events.send(());
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if keys::is_change(&res) {
+            let _ = events.send(());
+        }
     })
     .and_then(|mut w| w.watch(&vols_dir, RecursiveMode::NonRecursive).map(|_| w))
     .map_err(|e| {

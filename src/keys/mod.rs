@@ -22,7 +22,7 @@ pub use record::{
     KeySecret, SecretKind, UnlockError, VolKeyRecord, classify, new_volume_keys, ns_key_manifest,
 };
 pub use store::{CreateOutcome, KeyStore, KeysError, ensure_namespace_key};
-pub use watch::{WatchError, WatchHandle, spawn_dir_watcher};
+pub use watch::{WatchError, WatchHandle, is_change, spawn_dir_watcher};
 
 /// Label every Secret this product writes carries.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";

@@ -124,6 +124,16 @@ impl DirWatch {
     }
 }
 
+/// Whether a watcher report may mean a change: any event but an access (our own reads
+/// open the directory and its files, which must not trigger another reload), and any
+/// error (a queue overflow loses events: reload).
+pub fn is_change(res: &notify::Result<notify::Event>) -> bool {
+    match res {
+        Ok(ev) => !matches!(ev.kind, notify::EventKind::Access(_)),
+        Err(_) => true,
+    }
+}
+
 fn reload(store: &DirStore, keyring: &Keyring) {
     match store.load() {
         Ok(report) => keyring.replace(report),
@@ -138,9 +148,10 @@ pub fn spawn_dir_watcher(
 ) -> Result<WatchHandle, WatchError> {
     let (tx, rx) = mpsc::channel::<()>();
     let events = tx.clone();
-    // Any event, or an error of the watcher (queue overflow), means "reload".
-    let watcher = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
-        let _ = events.send(());
+    let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if is_change(&res) {
+            let _ = events.send(());
+        }
     })
     .map_err(|source| WatchError::Watch {
         path: store.dir().display().to_string(),
@@ -247,6 +258,22 @@ mod tests {
 
         fs::remove_file(dir.join("ns-key.a.yaml")).unwrap();
         assert!(wait_for(&ring, |r| !has("a")(r)), "deletion");
+
+        // A file moved in from outside the directory (only IN_MOVED_TO here).
+        let outside = tmp.path().join("backup.yaml");
+        fs::write(&outside, ns_yaml("d")).unwrap();
+        fs::rename(&outside, dir.join("ns-key.d.yaml")).unwrap();
+        assert!(wait_for(&ring, has("d")), "moved in");
+
+        // Our own reads must not feed back into reloads: once quiet, the generation
+        // stays put (the periodic reload is 10 s away).
+        std::thread::sleep(DEBOUNCE * 3);
+        let quiet = ring.generation();
+        assert_eq!(
+            ring.wait_change(quiet, DEBOUNCE * 5),
+            quiet,
+            "reloads without any change: the watcher reacts to its own reads"
+        );
     }
 
     #[test]
