@@ -19,6 +19,12 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+# Offline Kubernetes schema validation of packaging/kubernetes (PyPI), in its own venv.
+KV=/opt/storageos-fuse-test-venv
+if ! command -v kubernetes-validate >/dev/null 2>&1 && [ ! -x $KV/bin/kubernetes-validate ]; then
+  echo "== installing kubernetes-validate into $KV"
+  python3 -m venv $KV && $KV/bin/pip install -q kubernetes-validate
+fi
 [ -e /dev/fuse ] || modprobe fuse 2>/dev/null || true
 [ -e /dev/loop-control ] || modprobe loop 2>/dev/null || true
 

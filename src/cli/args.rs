@@ -70,6 +70,13 @@ pub enum Command {
     /// Back up, restore and check the key Secrets
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Print a shell completion script (e.g. `storageos-fuse completions bash > /etc/bash_completion.d/storageos-fuse`)
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page in roff (e.g. `storageos-fuse manpage | man -l -`)
+    Manpage,
 }
 
 #[derive(Debug, Args)]

@@ -76,6 +76,9 @@ pub fn live_keyring(g: &GlobalArgs) -> Result<(Arc<Keyring>, WatchHandle)> {
 }
 
 pub fn run(cli: Cli) -> Result<()> {
+    if let Some(done) = generated(&cli.command) {
+        return done;
+    }
     let mgr = Manager::new(
         VolumeStore::new(&cli.global.data_dir),
         key_store(&cli.global)?,
@@ -106,6 +109,30 @@ pub fn run(cli: Cli) -> Result<()> {
             )
         }
         Command::Keys(KeysCommand::Status) => keys_status(&mgr),
+        Command::Completions { .. } | Command::Manpage => {
+            unreachable!("handled before the manager is built")
+        }
+    }
+}
+
+/// `completions` and `manpage` need no data dir or keys: print from the clap definitions.
+fn generated(command: &Command) -> Option<Result<()>> {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    let mut out = std::io::stdout().lock();
+    match command {
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut cmd, "storageos-fuse", &mut out);
+            Some(Ok(()))
+        }
+        Command::Manpage => Some(match clap_mangen::Man::new(cmd).render(&mut out) {
+            // `manpage | head` closing the pipe early is not an error.
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                Err(Error::Io(format!("cannot write the manual page: {e}")))
+            }
+            _ => Ok(()),
+        }),
+        _ => None,
     }
 }
 

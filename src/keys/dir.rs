@@ -106,7 +106,11 @@ pub fn load_file(path: &Path, keys: &mut KeySet, issues: &mut Vec<KeyIssue>) {
 
 impl KeyStore for DirStore {
     fn location(&self) -> String {
-        format!("keys directory {}", self.dir.display())
+        format!(
+            "namespace {} (keys directory {})",
+            self.key_namespace,
+            self.dir.display()
+        )
     }
 
     fn key_namespace(&self) -> &str {

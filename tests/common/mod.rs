@@ -189,10 +189,10 @@ pub fn cleanup_under(root: &Path) {
     {
         for line in String::from_utf8_lossy(&o.stdout).lines() {
             let mut it = line.split_whitespace();
-            if let (Some(dev), Some(file)) = (it.next(), it.next()) {
-                if file.starts_with(&root_s) {
-                    let _ = Command::new("losetup").arg("-d").arg(dev).output();
-                }
+            if let (Some(dev), Some(file)) = (it.next(), it.next())
+                && file.starts_with(&root_s)
+            {
+                let _ = Command::new("losetup").arg("-d").arg(dev).output();
             }
         }
     }
