@@ -174,7 +174,7 @@ fn volumes_created_and_deleted_while_serving_appear_and_disappear() {
         "deleted volume did not disappear: {:?}",
         names(&serve.dir)
     );
-    assert_eq!(names(&serve.path("by-id")), [cache.clone()]);
+    assert_eq!(names(&serve.path("by-id")), std::slice::from_ref(&cache));
     // The encrypted one's Secret went with it on delete; the other is untouched.
     env.ok(&["volume", "delete", "web/cache"]);
     assert!(!env.keys.join(format!("vol-key.{cache}.yaml")).exists());

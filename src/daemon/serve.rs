@@ -175,15 +175,15 @@ fn prepare_mountpoint(at: &Path) -> Result<()> {
         mounts::clear_dead_mount(at)
             .map_err(|e| Error::Mount(format!("cannot clear dead mount {}: {e}", at.display())))?;
     }
-    if let Ok(Some(m)) = mounts::mount_at(at) {
-        if m.fstype.starts_with("fuse") {
-            return Err(Error::Mount(format!(
-                "{} is already a FUSE mount point (source {}); stop the server there (`storageos-fuse umount {}`) or choose another --mountpoint",
-                at.display(),
-                m.source,
-                at.display()
-            )));
-        }
+    if let Ok(Some(m)) = mounts::mount_at(at)
+        && m.fstype.starts_with("fuse")
+    {
+        return Err(Error::Mount(format!(
+            "{} is already a FUSE mount point (source {}); stop the server there (`storageos-fuse umount {}`) or choose another --mountpoint",
+            at.display(),
+            m.source,
+            at.display()
+        )));
     }
     match fs::symlink_metadata(at) {
         Ok(md) if md.is_dir() => Ok(()),
@@ -329,10 +329,10 @@ impl Scanner<'_> {
 
         // Never while holding a table lock: the kernel may call back into the tree.
         for (parent, name) in inval {
-            if let Err(e) = self.notifier.inval_entry(parent, &name) {
-                if e.raw_os_error() != Some(libc::ENOENT) {
-                    tracing::debug!("cannot invalidate {name:?}: {e}");
-                }
+            if let Err(e) = self.notifier.inval_entry(parent, &name)
+                && e.raw_os_error() != Some(libc::ENOENT)
+            {
+                tracing::debug!("cannot invalidate {name:?}: {e}");
             }
         }
     }
