@@ -312,7 +312,7 @@ impl Scanner<'_> {
                 Err(ImageError::Locked { .. }) => self.note(
                     &meta.id,
                     format!(
-                        "not serving volume {}: another process serves it (`storageos-fuse mount`); it appears here once that is unmounted",
+                        "not serving volume {}: another process serves it (a `storageos-fuse mount`, or another `serve`); it appears here once that one lets go",
                         meta.display_name()
                     ),
                     true,
