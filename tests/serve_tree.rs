@@ -179,6 +179,14 @@ fn volumes_created_and_deleted_while_serving_appear_and_disappear() {
     env.ok(&["volume", "delete", "web/cache"]);
     assert!(!env.keys.join(format!("vol-key.{cache}.yaml")).exists());
     assert!(wait_until(Duration::from_secs(5), || names(&serve.dir) == ["by-id"]));
+
+    // `umount DIR` stops it like a signal does.
+    env.ok(&["umount", serve.dir.to_str().unwrap()]);
+    let status = serve.wait_exit(Duration::from_secs(15));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "serve exits after umount: {status:?}"
+    );
 }
 
 #[test]
@@ -200,9 +208,27 @@ fn ext4_on_a_served_encrypted_image_survives_a_restart() {
     sh(&format!("mount {} {}", lo.dev, mnt.display()));
     fs::write(mnt.join("blob"), &content).unwrap();
     sh(&format!("umount {}", mnt.display()));
-    // Attached to a loop device: in use, so delete is refused.
+    // Attached to a loop device: in use, so delete is refused...
     let err = env.fails(&["volume", "delete", "db/data"]);
     assert!(err.contains("in use"), "{err}");
+    // ...and SIGTERM does not pull the image from under it: serve says so and goes on.
+    let mut serve = serve;
+    serve.signal();
+    assert!(
+        wait_until(Duration::from_secs(10), || serve
+            .log_text()
+            .contains("it is in use")),
+        "no refusal logged; log:\n{}",
+        serve.log_text()
+    );
+    assert!(
+        serve.running(),
+        "serve stopped while a loop device held an image"
+    );
+    sh(&format!(
+        "dd if={} of=/dev/null bs=1M count=4 iflag=direct status=none",
+        lo.dev
+    ));
     lo.detach();
     assert!(serve.stop().success());
 

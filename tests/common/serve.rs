@@ -68,6 +68,33 @@ impl Serve {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Sends SIGTERM without waiting.
+    pub fn signal(&self) {
+        if let Some(c) = &self.child {
+            // SAFETY: kill(2) on the pid of our own child process, which has not been reaped.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// Waits (without signalling) for the process to exit on its own.
+    pub fn wait_exit(mut self, limit: Duration) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = child.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.child = Some(child);
+        None
+    }
+
     /// SIGTERM, then waits for the process to exit.
     pub fn stop(mut self) -> ExitStatus {
         self.terminate().expect("serve was running")
