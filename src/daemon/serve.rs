@@ -46,6 +46,8 @@ const RESCAN: Duration = Duration::from_secs(2);
 const DEBOUNCE: Duration = Duration::from_millis(50);
 /// A release marker older than this is a leftover of a killed `delete`.
 const MARKER_TTL: Duration = Duration::from_secs(60);
+/// How long the first scan waits for the key source's first snapshot.
+const SYNC_WAIT: Duration = Duration::from_secs(10);
 /// How long `volume delete` waits for `serve` to let go of an idle volume.
 const RELEASE_WAIT: Duration = Duration::from_secs(5);
 
@@ -107,6 +109,18 @@ pub fn run_serve(mgr: &Manager, keyring: Arc<Keyring>, req: &ServeRequest) -> Re
         notifier,
         noted: BTreeMap::new(),
     };
+    // A source that loads in the background (kube) gets a moment to deliver its first
+    // snapshot, so encrypted volumes are not reported missing for nothing.
+    let deadline = Instant::now() + SYNC_WAIT;
+    while !keyring.is_synced() && Instant::now() < deadline {
+        keyring.wait_change(keyring.generation(), Duration::from_millis(200));
+    }
+    if !keyring.is_synced() {
+        tracing::warn!(
+            "the key source has not delivered its keys after {} s; serving what needs no key, encrypted volumes appear once their keys arrive",
+            SYNC_WAIT.as_secs()
+        );
+    }
     // First pass before announcing, so what can be served is there when we say ready.
     scanner.scan();
     tracing::info!(mountpoint = %at.display(), volumes = table.ids().len(), "serving volumes");
