@@ -180,8 +180,17 @@ fn volumes_created_and_deleted_while_serving_appear_and_disappear() {
     assert!(!env.keys.join(format!("vol-key.{cache}.yaml")).exists());
     assert!(wait_until(Duration::from_secs(5), || names(&serve.dir) == ["by-id"]));
 
-    // `umount DIR` stops it like a signal does.
+    // `umount DIR` stops it like a signal does, and returns once serve let go of its
+    // volumes: a `mount` of one works at once.
+    env.ok(&["volume", "create", "again", "--size", "8Mi"]);
+    assert!(wait_until(Duration::from_secs(10), || serve
+        .path("default/again")
+        .exists()));
+    let err = env.fails(&["umount", "again"]);
+    assert!(err.contains("exposed by `serve`"), "{err}");
     env.ok(&["umount", serve.dir.to_str().unwrap()]);
+    env.mount_bg("again", "again");
+    env.ok(&["umount", "again"]);
     let status = serve.wait_exit(Duration::from_secs(15));
     assert!(
         status.is_some_and(|s| s.success()),

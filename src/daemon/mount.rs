@@ -213,12 +213,17 @@ fn spawn_background(mgr: &Manager, meta: &VolumeMeta) -> Result<()> {
 /// volume, so a following `mount` or `delete` works at once.
 pub fn run_umount(mgr: &Manager, target: &str) -> Result<()> {
     let is_path = target.starts_with('/') || target.starts_with('.');
-    let (paths, volume_id): (Vec<PathBuf>, Option<String>) = if is_path {
+    let (paths, wait_ids): (Vec<PathBuf>, Vec<String>) = if is_path {
         let p = std::path::absolute(target).map_err(|e| Error::Usage(format!("{target}: {e}")))?;
         let entry = mounts::mount_at(&p)
             .map_err(|e| Error::Io(format!("cannot read the mount table: {e}")))?;
         match entry {
-            Some(m) if m.is_ours() => (vec![p], m.volume_id().map(str::to_string)),
+            // A `serve` mount: wait for it to let go of every volume it held.
+            Some(m) if m.is_serve() => (vec![p], super::serve::held_volume_ids(&mgr.store)),
+            Some(m) if m.is_ours() => (
+                vec![p],
+                m.volume_id().map(str::to_string).into_iter().collect(),
+            ),
             Some(m) => {
                 return Err(Error::Usage(format!(
                     "{} is a {} mount, not a storageos-fuse image",
@@ -233,14 +238,20 @@ pub fn run_umount(mgr: &Manager, target: &str) -> Result<()> {
         let found = mounts::mounts_of_volume(&meta.id)
             .map_err(|e| Error::Io(format!("cannot read the mount table: {e}")))?;
         if found.is_empty() {
+            let by_serve = if mgr.store.is_served(&meta) && super::serve::served_by_serve(&meta.id)
+            {
+                "; it is exposed by `serve` (stop that with `storageos-fuse umount <serve mountpoint>`, or delete the volume: serve lets go of an idle volume)"
+            } else {
+                ""
+            };
             return Err(Error::Usage(format!(
-                "volume {} is not mounted",
+                "volume {} is not mounted{by_serve}",
                 meta.display_name()
             )));
         }
         (
             found.into_iter().map(|m| m.mount_point).collect(),
-            Some(meta.id),
+            vec![meta.id],
         )
     };
     for p in &paths {
@@ -256,7 +267,7 @@ pub fn run_umount(mgr: &Manager, target: &str) -> Result<()> {
             }
         })?;
     }
-    if let Some(id) = volume_id {
+    for id in wait_ids {
         let data = mgr.store.data_path(&id);
         let deadline = Instant::now() + Duration::from_secs(10);
         while crate::volume::lock::is_locked(&data).unwrap_or(false) {

@@ -352,6 +352,19 @@ impl Scanner<'_> {
     }
 }
 
+/// Volumes locked by some process but not by a `mount`: what a running `serve` holds
+/// (for `umount <serve mountpoint>` to wait until it has let go of them).
+pub fn held_volume_ids(store: &VolumeStore) -> Vec<String> {
+    let Ok((vols, _)) = store.list() else {
+        return Vec::new();
+    };
+    vols.into_iter()
+        .filter(|m| store.is_served(m))
+        .filter(|m| mounts::mounts_of_volume(&m.id).is_ok_and(|v| v.is_empty()))
+        .map(|m| m.id)
+        .collect()
+}
+
 /// Whether `volume delete` should ask a running `serve` to let go of the volume: a serve
 /// mount exists and no `mount` of the volume does (a `mount` never lets go).
 pub fn served_by_serve(id: &str) -> bool {
