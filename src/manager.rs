@@ -233,10 +233,19 @@ impl Manager {
         Ok(meta)
     }
 
-    /// Removes data, metadata, then the vol-key Secret. The ns-key stays.
+    /// Removes data, metadata, then the vol-key Secret. The ns-key stays. A volume a
+    /// running `serve` exposes is released by it first, unless it is in use.
     pub fn delete(&self, volume: &str) -> Result<VolumeMeta> {
         let meta = self.find(volume)?;
-        self.store.delete(&meta)?;
+        match self.store.delete(&meta) {
+            // A running `serve` holds every volume it exposes: ask it to let go.
+            Err(crate::volume::VolumeError::Busy(_))
+                if crate::daemon::serve::served_by_serve(&meta.id) =>
+            {
+                crate::daemon::serve::delete_through_serve(&self.store, &meta)?
+            }
+            other => other?,
+        }
         if meta.encrypted() {
             self.keys.delete(&keys::vol_key_name(&meta.id))?;
         }

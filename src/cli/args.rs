@@ -65,6 +65,8 @@ pub enum Command {
         /// NAMESPACE/NAME, NAME, volume id, or the image path
         target: String,
     },
+    /// DaemonSet mode: every volume of the node under one FUSE mount (<ns>/<name>, by-id/<id>)
+    Serve(ServeArgs),
     /// Back up, restore and check the key Secrets
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -81,6 +83,19 @@ pub enum Command {
         #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Directory to mount the volume tree on (created if absent)
+    #[arg(long, default_value = "/var/lib/storageos/volumes")]
+    pub mountpoint: PathBuf,
+    /// FUSE worker threads
+    #[arg(long, default_value_t = 4)]
+    pub threads: usize,
+    /// Let users other than root open the images (off by default)
+    #[arg(long)]
+    pub allow_other: bool,
 }
 
 #[derive(Debug, Subcommand)]

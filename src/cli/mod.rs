@@ -9,11 +9,13 @@ use clap::Parser;
 
 pub use args::Cli;
 use args::{Command, GlobalArgs, KeySource, KeysCommand, OutputFormat, VolumeCommand};
+use std::sync::Arc;
 
 use crate::daemon::mount::{MountRequest, run_mount, run_umount};
+use crate::daemon::serve::{ServeRequest, run_serve};
 use crate::error::{Error, Result};
-use crate::keys::kube::{KubeConnect, KubeStore};
-use crate::keys::{self, DirStore, KeyStore};
+use crate::keys::kube::{KubeConnect, KubeStore, spawn_kube_watcher};
+use crate::keys::{self, DirStore, KeyStore, Keyring, WatchHandle};
 use crate::manager::{CreateRequest, Manager};
 use crate::volume::VolumeStore;
 use crate::volume::size::format_size;
@@ -49,18 +51,38 @@ pub fn parse() -> Cli {
     }
 }
 
+fn dir_store(g: &GlobalArgs) -> DirStore {
+    let dir = g
+        .keys_dir
+        .clone()
+        .unwrap_or_else(|| g.data_dir.join("keys"));
+    DirStore::new(dir, g.key_namespace.clone())
+}
+
 pub fn key_store(g: &GlobalArgs) -> Result<Box<dyn KeyStore>> {
     match g.key_source {
-        KeySource::Dir => {
-            let dir = g
-                .keys_dir
-                .clone()
-                .unwrap_or_else(|| g.data_dir.join("keys"));
-            Ok(Box::new(DirStore::new(dir, g.key_namespace.clone())))
-        }
+        KeySource::Dir => Ok(Box::new(dir_store(g))),
         KeySource::Kube => Ok(Box::new(KubeStore::connect(&KubeConnect::new(
             g.key_namespace.clone(),
         ))?)),
+    }
+}
+
+/// The live keyring of the configured key source, kept current by the source's watcher
+/// while the returned handle lives. The one place a daemon chooses its key source.
+pub fn live_keyring(g: &GlobalArgs) -> Result<(Arc<Keyring>, WatchHandle)> {
+    let ring = Keyring::new();
+    match g.key_source {
+        KeySource::Dir => {
+            let handle = crate::keys::spawn_dir_watcher(dir_store(g), ring.clone())
+                .map_err(|e| Error::Io(e.to_string()))?;
+            Ok((ring, handle))
+        }
+        KeySource::Kube => {
+            let watcher =
+                spawn_kube_watcher(&KubeConnect::new(g.key_namespace.clone()), ring.clone())?;
+            Ok((ring, WatchHandle::new(move || watcher.stop())))
+        }
     }
 }
 
@@ -85,6 +107,18 @@ pub fn run(cli: Cli) -> Result<()> {
             },
         ),
         Command::Umount { target } => run_umount(&mgr, &target),
+        Command::Serve(a) => {
+            let (keyring, _watch) = live_keyring(&cli.global)?;
+            run_serve(
+                &mgr,
+                keyring,
+                &ServeRequest {
+                    mountpoint: Some(a.mountpoint),
+                    threads: a.threads.clamp(1, 64),
+                    allow_other: a.allow_other,
+                },
+            )
+        }
         Command::Keys(KeysCommand::Status) => keys_status(&mgr),
         Command::Keys(KeysCommand::Backup { out }) => keys_backup(&mgr, &out),
         Command::Keys(KeysCommand::Restore { files }) => keys_restore(&mgr, &files),

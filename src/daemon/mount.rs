@@ -57,7 +57,7 @@ pub fn run_mount(mgr: &Manager, req: &MountRequest) -> Result<()> {
     let data = mgr.store.data_path(&meta.id);
     let image = VolumeImage::open(&data, meta.size_bytes, meta.sector_size, cipher).map_err(|e| match e {
         ImageError::Locked { .. } => Error::Mount(format!(
-            "volume {} is already served by another process (see `grep {} /proc/mounts`); run `storageos-fuse umount {}` first",
+            "volume {} is already served by another process (see `grep {} /proc/mounts`); run `storageos-fuse umount {}` first, or use its image under the running `serve` mount",
             meta.display_name(),
             meta.id,
             meta.display_name()
@@ -81,7 +81,7 @@ pub fn run_mount(mgr: &Manager, req: &MountRequest) -> Result<()> {
     })?;
     tracing::info!(volume = %meta.display_name(), id = %meta.id, path = %at.display(), "serving volume image");
     announce_ready(&at, mgr, &meta);
-    install_signal_handler(at.clone());
+    super::signals::unmount_on_signal(at.clone());
     session.run().map_err(|e| {
         Error::Mount(format!(
             "FUSE session for {} ended with an error: {e}",
@@ -177,30 +177,6 @@ fn announce_ready(at: &Path, mgr: &Manager, meta: &VolumeMeta) {
     }
     println!("{}", at.display());
     let _ = std::io::stdout().flush();
-}
-
-/// SIGTERM/SIGINT unmount the image; the session then ends and the process exits. While a
-/// loop device holds the image the unmount is refused (EBUSY) and serving goes on: stopping
-/// would fail every I/O of the filesystem on top.
-fn install_signal_handler(at: PathBuf) {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGTERM, SIGINT]) else {
-        tracing::warn!("cannot install signal handlers; stop with `storageos-fuse umount`");
-        return;
-    };
-    std::thread::spawn(move || {
-        for sig in signals.forever() {
-            tracing::info!(signal = sig, "stopping: unmounting {}", at.display());
-            match mounts::unmount(&at) {
-                Ok(()) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => tracing::error!(
-                    "cannot unmount {}: it is in use (a loop device or open file); detach it (losetup -d) and signal again",
-                    at.display()
-                ),
-                Err(e) => tracing::error!("cannot unmount {}: {e}", at.display()),
-            }
-        }
-    });
 }
 
 fn spawn_background(mgr: &Manager, meta: &VolumeMeta) -> Result<()> {
@@ -305,12 +281,17 @@ fn keep_early_output(mgr: &Manager, meta: &VolumeMeta, early: &[u8]) {
 /// volume, so a following `mount` or `delete` works at once.
 pub fn run_umount(mgr: &Manager, target: &str) -> Result<()> {
     let is_path = target.starts_with('/') || target.starts_with('.');
-    let (paths, volume_id): (Vec<PathBuf>, Option<String>) = if is_path {
+    let (paths, wait_ids): (Vec<PathBuf>, Vec<String>) = if is_path {
         let p = std::path::absolute(target).map_err(|e| Error::Usage(format!("{target}: {e}")))?;
         let entry = mounts::mount_at(&p)
             .map_err(|e| Error::Io(format!("cannot read the mount table: {e}")))?;
         match entry {
-            Some(m) if m.is_ours() => (vec![p], m.volume_id().map(str::to_string)),
+            // A `serve` mount: wait for it to let go of every volume it held.
+            Some(m) if m.is_serve() => (vec![p], super::serve::held_volume_ids(&mgr.store)),
+            Some(m) if m.is_ours() => (
+                vec![p],
+                m.volume_id().map(str::to_string).into_iter().collect(),
+            ),
             Some(m) => {
                 return Err(Error::Usage(format!(
                     "{} is a {} mount, not a storageos-fuse image",
@@ -325,14 +306,20 @@ pub fn run_umount(mgr: &Manager, target: &str) -> Result<()> {
         let found = mounts::mounts_of_volume(&meta.id)
             .map_err(|e| Error::Io(format!("cannot read the mount table: {e}")))?;
         if found.is_empty() {
+            let by_serve = if mgr.store.is_served(&meta) && super::serve::served_by_serve(&meta.id)
+            {
+                "; it is exposed by `serve` (stop that with `storageos-fuse umount <serve mountpoint>`, or delete the volume: serve lets go of an idle volume)"
+            } else {
+                ""
+            };
             return Err(Error::Usage(format!(
-                "volume {} is not mounted",
+                "volume {} is not mounted{by_serve}",
                 meta.display_name()
             )));
         }
         (
             found.into_iter().map(|m| m.mount_point).collect(),
-            Some(meta.id),
+            vec![meta.id],
         )
     };
     for p in &paths {
@@ -355,7 +342,7 @@ pub fn run_umount(mgr: &Manager, target: &str) -> Result<()> {
             );
         }
     }
-    if let Some(id) = volume_id {
+    for id in wait_ids {
         let data = mgr.store.data_path(&id);
         let deadline = Instant::now() + Duration::from_secs(10);
         while crate::volume::lock::is_locked(&data).unwrap_or(false) {

@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 
 pub const FSNAME_PREFIX: &str = "storageos-fuse:";
 
+/// Source of the `serve` mount (one per node).
+pub const SERVE_FSNAME: &str = "storageos-fuse:serve";
+
 pub fn fsname_for_volume(id: &str) -> String {
     format!("{FSNAME_PREFIX}{id}")
 }
@@ -22,7 +25,14 @@ pub struct MountEntry {
 impl MountEntry {
     /// The volume id a `mount --at` of ours serves.
     pub fn volume_id(&self) -> Option<&str> {
-        self.source.strip_prefix(FSNAME_PREFIX)
+        self.source
+            .strip_prefix(FSNAME_PREFIX)
+            .filter(|_| self.source != SERVE_FSNAME)
+    }
+
+    /// The mount of a running `serve`.
+    pub fn is_serve(&self) -> bool {
+        self.fstype.starts_with("fuse") && self.source == SERVE_FSNAME
     }
 }
 
@@ -85,6 +95,14 @@ pub fn mounts_of_volume(id: &str) -> io::Result<Vec<MountEntry>> {
     Ok(our_mounts()?
         .into_iter()
         .filter(|m| m.source == name)
+        .collect())
+}
+
+/// Mounts of running `serve` processes.
+pub fn serve_mounts() -> io::Result<Vec<MountEntry>> {
+    Ok(our_mounts()?
+        .into_iter()
+        .filter(MountEntry::is_serve)
         .collect())
 }
 

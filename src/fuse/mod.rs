@@ -1,11 +1,14 @@
 //! The exposed view: FUSE filesystems that present volume images as regular files.
-//! `ImageFile` is one image mounted on a file (`mount --at`). Request handlers for image
+//! `ImageFile` is one image mounted on a file (`mount --at`); `VolumeTree` is every
+//! served volume under one directory mount (`serve`). Request handlers for image
 //! I/O live in `io` so every view serves bytes the same way.
 //!
 //! Owns the kernel-facing attributes and error codes; does not open volumes or keys.
 
 mod image_file;
 mod io;
+mod tree;
 
 pub use image_file::ImageFile;
 pub use io::{FsOptions, fuse_config, tune_kernel};
+pub use tree::{BY_ID, Invalidations, RemoveError, ServedVolume, VolumeTable, VolumeTree};

@@ -1,5 +1,5 @@
 //! Keys: Secret manifests, the volume-key records they carry, the key sources that store
-//! them (`dir`, `kube`) and the unlock of a volume key.
+//! them (`dir`, `kube`), the live keyring and its watchers, and the unlock of a volume key.
 //!
 //! Owns the mapping between Kubernetes Secrets (`ns-key.<ns>`, `vol-key.<id>`) and key
 //! types from `crypt`. Does not do any cryptography itself beyond calling `crypt`, and
@@ -13,6 +13,7 @@ pub mod kube;
 mod manifest;
 mod record;
 mod store;
+mod watch;
 
 pub use backup::{RestoreOutcome, RestorePlan, backup_to_dir, read_restore_files, restore};
 pub use dir::{DirStore, load_file};
@@ -23,6 +24,7 @@ pub use record::{
     KeySecret, SecretKind, UnlockError, VolKeyRecord, classify, new_volume_keys, ns_key_manifest,
 };
 pub use store::{CreateOutcome, KeyStore, KeysError, ensure_namespace_key};
+pub use watch::{WatchError, WatchHandle, is_change, spawn_dir_watcher};
 
 /// Label every Secret this product writes carries.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";

@@ -219,6 +219,36 @@ impl VolumeStore {
         fsutil::write_atomic(&path, &json).map_err(|e| io_err("write", &path, e))
     }
 
+    /// The marker a `volume delete` leaves while it asks a running `serve` to let go of
+    /// an idle volume (`serve` drops the volume and its lock, and does not take it again
+    /// while the marker is fresh). Hidden, so listings skip it.
+    pub fn release_marker(&self, id: &str) -> PathBuf {
+        self.volumes_dir().join(format!(".release-{id}"))
+    }
+
+    /// Ids with a release request younger than `max_age` (an older marker is the leftover
+    /// of a killed `delete` and is ignored).
+    pub fn release_requests(&self, max_age: std::time::Duration) -> Vec<String> {
+        let Ok(entries) = fs::read_dir(self.volumes_dir()) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let id = name.strip_prefix(".release-")?.to_string();
+                let age = e
+                    .metadata()
+                    .ok()?
+                    .modified()
+                    .ok()?
+                    .elapsed()
+                    .unwrap_or_default();
+                (age <= max_age).then_some(id)
+            })
+            .collect()
+    }
+
     /// Whether a process serves the volume now (holds the backing-file lock).
     pub fn is_served(&self, meta: &VolumeMeta) -> bool {
         super::lock::is_locked(&self.data_path(&meta.id)).unwrap_or(false)

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod kube_api;
+pub mod serve;
 
 use std::collections::BTreeMap;
 use std::fs;
