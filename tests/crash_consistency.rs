@@ -67,15 +67,10 @@ fn intact_records(bytes: &[u8]) -> u64 {
     }
 }
 
-/// The workload, run as a child process (this test binary re-executed): appends records
-/// to the file named by the environment, fsyncs each, then prints its sequence number.
-/// A printed number is an acknowledged record.
-#[test]
-#[ignore = "child process of the crash rounds, not a test on its own"]
-fn append_worker() {
-    let Ok(spec) = std::env::var(WORKER_ENV) else {
-        return;
-    };
+/// The workload, run as a child process (this test binary re-executed into the crash test
+/// with the worker variable set): appends records to the file named by the environment,
+/// fsyncs each, then prints its sequence number. A printed number is an acknowledged record.
+fn append_worker(spec: &str) {
     let (path, seed) = spec.split_once(':').unwrap();
     let seed: u64 = seed.parse().unwrap();
     let mut f = OpenOptions::new()
@@ -114,8 +109,7 @@ fn run_until_killed(
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "append_worker",
-            "--ignored",
+            "fsynced_records_survive_sigkill_of_the_server",
             "--nocapture",
             "--test-threads=1",
             "-q",
@@ -179,6 +173,10 @@ fn e2fsck(dev: &str) {
 
 #[test]
 fn fsynced_records_survive_sigkill_of_the_server() {
+    if let Ok(spec) = std::env::var(WORKER_ENV) {
+        append_worker(&spec);
+        return;
+    }
     if !common::require_real(&["mkfs.ext4", "e2fsck", "losetup"]) {
         return;
     }

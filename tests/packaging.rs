@@ -277,5 +277,8 @@ fn completions_and_manpage_come_from_the_cli_definitions() {
     assert!(o.status.success());
     let man = String::from_utf8(o.stdout).unwrap();
     assert!(man.contains(".TH storageos-fuse 1"));
-    assert!(man.contains("STORAGEOS_FUSE_DATA_DIR"));
+    assert!(
+        man.contains("data\\-dir") && man.contains("umount"),
+        "manual page documents the flags and commands"
+    );
 }
