@@ -97,7 +97,9 @@ fio_job() {
 }
 
 # CPU time (user+system, clock ticks) of a process so far; 0 without one.
-cpu_ticks() { [ -n "${1:-}" ] && awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+cpu_ticks() {
+  if [ -n "${1:-}" ]; then awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; else echo 0; fi
+}
 
 run_jobs() { # STACK DEV [DAEMON_PID]
   local s=$1 dev=$2 dpid=${3:-} j t0
@@ -105,7 +107,7 @@ run_jobs() { # STACK DEV [DAEMON_PID]
   fio --name=fill --filename="$dev" --ioengine=libaio --direct=1 --size="$SIZE" \
     --rw=write --bs=1M --iodepth=16 --output-format=json >/dev/null
   for j in seqwrite seqread randread randrw lat; do
-    [ "$j" = seqread ] && drop_caches
+    if [ "$j" = seqread ]; then drop_caches; fi
     t0=$(cpu_ticks "$dpid")
     case $j in
     seqwrite) echo "   seq write 1M qd16";  fio_job "$OUT/$s-$j.json" "$dev" --rw=write --bs=1M --iodepth=16 ;;
@@ -114,7 +116,7 @@ run_jobs() { # STACK DEV [DAEMON_PID]
     randrw)   echo "   rand rw 4k qd32";    fio_job "$OUT/$s-$j.json" "$dev" --rw=randrw --bs=4k --iodepth=32 --norandommap ;;
     lat)      echo "   rand read 4k qd1";   fio_job "$OUT/$s-$j.json" "$dev" --rw=randread --bs=4k --iodepth=1 --norandommap ;;
     esac
-    [ -n "$dpid" ] && echo $(($(cpu_ticks "$dpid") - t0)) >"$OUT/$s-$j.cpu"
+    if [ -n "$dpid" ]; then echo $(($(cpu_ticks "$dpid") - t0)) >"$OUT/$s-$j.cpu"; fi
   done
 }
 
