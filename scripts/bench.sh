@@ -179,9 +179,10 @@ for s in $STACKS; do
     run_jobs "$s" "$dev" "$pid"
     echo "$(hwm_kib "$pid")" >"$OUT/$s-hwm"
     if [ -n "$perf_pid" ]; then
-      kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true
+      kill -INT "$perf_pid" 2>/dev/null || true
+      wait "$perf_pid" 2>/dev/null || true
       perf report -i "$OUT/$s-perf.data" --no-children --sort dso,sym --stdio 2>/dev/null \
-        | grep -E '^ +[0-9]' | head -15 >"$OUT/$s-perf.txt"
+        | grep -E '^ +[0-9]' | head -15 >"$OUT/$s-perf.txt" || true
     fi
     detach_last
     kill "$pid"; wait "$pid" 2>/dev/null || true
