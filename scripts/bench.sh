@@ -10,7 +10,7 @@
 # writes bench/results/<stamp>.json and .md. Needs root (loop devices, FUSE mounts).
 #
 # Usage: scripts/bench.sh            environment: RUNTIME=12 (s per job), SIZE=1G,
-#                                    THREADS=4 (storageos-fuse workers), LOOP_DIO=on|off,
+#                                    THREADS=8 (storageos-fuse workers), LOOP_DIO=on|off,
 #                                    STACKS="a b c d", BENCH_DIR=/var/tmp (scratch parent),
 #                                    PROFILE=1 (perf record the storageos-fuse daemons; the
 #                                    top symbols go into the results; slows the run a little)
@@ -20,7 +20,7 @@ ROOT=$PWD
 
 RUNTIME=${RUNTIME:-12}
 SIZE=${SIZE:-1G}
-THREADS=${THREADS:-4}
+THREADS=${THREADS:-8}
 LOOP_DIO=${LOOP_DIO:-on}
 STACKS=${STACKS:-a b c d}
 PROFILE=${PROFILE:-0}
