@@ -10,7 +10,7 @@
 # writes bench/results/<stamp>.json and .md. Needs root (loop devices, FUSE mounts).
 #
 # Usage: scripts/bench.sh            environment: RUNTIME=12 (s per job), SIZE=1G,
-#                                    THREADS=4 (storageos-fuse workers), LOOP_DIO=on|off,
+#                                    THREADS=8 (storageos-fuse workers), LOOP_DIO=on|off,
 #                                    STACKS="a b c d", BENCH_DIR=/var/tmp (scratch parent),
 #                                    PROFILE=1 (perf record the storageos-fuse daemons; the
 #                                    top symbols go into the results; slows the run a little)
@@ -20,7 +20,7 @@ ROOT=$PWD
 
 RUNTIME=${RUNTIME:-12}
 SIZE=${SIZE:-1G}
-THREADS=${THREADS:-4}
+THREADS=${THREADS:-8}
 LOOP_DIO=${LOOP_DIO:-on}
 STACKS=${STACKS:-a b c d}
 PROFILE=${PROFILE:-0}
@@ -96,17 +96,28 @@ fio_job() {
     --output-format=json --output="$file" "$@" >/dev/null
 }
 
-run_jobs() { # STACK DEV
-  local s=$1 dev=$2
+# CPU time (user+system, clock ticks) of a process so far; 0 without one.
+cpu_ticks() {
+  if [ -n "${1:-}" ]; then awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; else echo 0; fi
+}
+
+run_jobs() { # STACK DEV [DAEMON_PID]
+  local s=$1 dev=$2 dpid=${3:-} j t0
   echo "   prefill (1 pass of sequential writes, not measured)"
   fio --name=fill --filename="$dev" --ioengine=libaio --direct=1 --size="$SIZE" \
     --rw=write --bs=1M --iodepth=16 --output-format=json >/dev/null
-  echo "   seq write 1M qd16";  fio_job "$OUT/$s-seqwrite.json" "$dev" --rw=write --bs=1M --iodepth=16
-  drop_caches
-  echo "   seq read 1M qd16";   fio_job "$OUT/$s-seqread.json" "$dev" --rw=read --bs=1M --iodepth=16
-  echo "   rand read 4k qd32";  fio_job "$OUT/$s-randread.json" "$dev" --rw=randread --bs=4k --iodepth=32 --norandommap
-  echo "   rand rw 4k qd32";    fio_job "$OUT/$s-randrw.json" "$dev" --rw=randrw --bs=4k --iodepth=32 --norandommap
-  echo "   rand read 4k qd1";   fio_job "$OUT/$s-lat.json" "$dev" --rw=randread --bs=4k --iodepth=1 --norandommap
+  for j in seqwrite seqread randread randrw lat; do
+    if [ "$j" = seqread ]; then drop_caches; fi
+    t0=$(cpu_ticks "$dpid")
+    case $j in
+    seqwrite) echo "   seq write 1M qd16";  fio_job "$OUT/$s-$j.json" "$dev" --rw=write --bs=1M --iodepth=16 ;;
+    seqread)  echo "   seq read 1M qd16";   fio_job "$OUT/$s-$j.json" "$dev" --rw=read --bs=1M --iodepth=16 ;;
+    randread) echo "   rand read 4k qd32";  fio_job "$OUT/$s-$j.json" "$dev" --rw=randread --bs=4k --iodepth=32 --norandommap ;;
+    randrw)   echo "   rand rw 4k qd32";    fio_job "$OUT/$s-$j.json" "$dev" --rw=randrw --bs=4k --iodepth=32 --norandommap ;;
+    lat)      echo "   rand read 4k qd1";   fio_job "$OUT/$s-$j.json" "$dev" --rw=randread --bs=4k --iodepth=1 --norandommap ;;
+    esac
+    if [ -n "$dpid" ]; then echo $(($(cpu_ticks "$dpid") - t0)) >"$OUT/$s-$j.cpu"; fi
+  done
 }
 
 hwm_kib() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
@@ -140,7 +151,7 @@ for s in $STACKS; do
     MOUNTS+=("$WORK/peer.img")
     wait_mounted "$WORK/peer.img" "$pid"
     attach "$WORK/peer.img"
-    run_jobs b "$dev"
+    run_jobs b "$dev" "$pid"
     echo "$(hwm_kib "$pid")" >"$OUT/b-hwm"
     detach_last
     kill "$pid"; wait "$pid" 2>/dev/null || true
@@ -165,12 +176,13 @@ for s in $STACKS; do
       perf record -q -g -p "$pid" -o "$OUT/$s-perf.data" >/dev/null 2>&1 &
       perf_pid=$!
     fi
-    run_jobs "$s" "$dev"
+    run_jobs "$s" "$dev" "$pid"
     echo "$(hwm_kib "$pid")" >"$OUT/$s-hwm"
     if [ -n "$perf_pid" ]; then
-      kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true
+      kill -INT "$perf_pid" 2>/dev/null || true
+      wait "$perf_pid" 2>/dev/null || true
       perf report -i "$OUT/$s-perf.data" --no-children --sort dso,sym --stdio 2>/dev/null \
-        | grep -E '^ +[0-9]' | head -15 >"$OUT/$s-perf.txt"
+        | grep -E '^ +[0-9]' | head -15 >"$OUT/$s-perf.txt" || true
     fi
     detach_last
     kill "$pid"; wait "$pid" 2>/dev/null || true
@@ -187,11 +199,11 @@ for i in 1 2; do
 done
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
-python3 - "$OUT" "$ROOT/bench/results/$STAMP" "$STAMP" "$RUNTIME" "$SIZE" "$THREADS" "$LOOP_DIO" \
+python3 - "$OUT" "$ROOT/bench/results/$STAMP" "$(getconf CLK_TCK)" "$STAMP" "$RUNTIME" "$SIZE" "$THREADS" "$LOOP_DIO" \
   "$LOAD_BEFORE" "$LOAD_AFTER" "$STACKS" "$(uname -r)" "$(nproc)" \
   "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" <<'PY'
 import json, os, sys
-out, dest, stamp, runtime, size, threads, dio, load0, load1, stacks, kernel, ncpu, cpu = sys.argv[1:]
+out, dest, hz, stamp, runtime, size, threads, dio, load0, load1, stacks, kernel, ncpu, cpu = sys.argv[1:]
 stacks = stacks.split()
 MiB = 1024 * 1024
 
@@ -213,6 +225,15 @@ for s in stacks:
     r["qd1_read_iops"] = lt["read"]["iops"]
     r["qd1_p50_us"] = pct["50.000000"] / 1000
     r["qd1_p99_us"] = pct["99.000000"] / 1000
+    # Daemon CPU (user+system) per unit of work: robust when other work shares the CPUs.
+    def cpu_of(j):
+        p = f"{out}/{s}-{j}.cpu"
+        return int(open(p).read()) / int(hz) if os.path.exists(p) else None
+    if cpu_of("seqwrite") is not None:
+        r["cpu_s_per_gib_seq_write"] = cpu_of("seqwrite") / (w["write"]["io_bytes"] / 2**30)
+        r["cpu_s_per_gib_seq_read"] = cpu_of("seqread") / (rd["read"]["io_bytes"] / 2**30)
+        r["cpu_us_per_io_rand_read"] = cpu_of("randread") * 1e6 / rr["read"]["total_ios"]
+        r["cpu_us_per_io_rand_rw"] = cpu_of("randrw") * 1e6 / (rw["read"]["total_ios"] + rw["write"]["total_ios"])
     hwm = f"{out}/{s}-hwm"
     if os.path.exists(hwm):
         r["daemon_peak_rss_mib"] = int(open(hwm).read().strip() or 0) / 1024
@@ -237,6 +258,10 @@ rows = [
     ("qd1 read p50 (us)", "qd1_p50_us", "{:.0f}", False),
     ("qd1 read p99 (us)", "qd1_p99_us", "{:.0f}", False),
     ("daemon peak RSS (MiB)", "daemon_peak_rss_mib", "{:.1f}", False),
+    ("daemon CPU s per GiB, seq write", "cpu_s_per_gib_seq_write", "{:.2f}", False),
+    ("daemon CPU s per GiB, seq read", "cpu_s_per_gib_seq_read", "{:.2f}", False),
+    ("daemon CPU us per I/O, rand read", "cpu_us_per_io_rand_read", "{:.1f}", False),
+    ("daemon CPU us per I/O, rand rw", "cpu_us_per_io_rand_rw", "{:.1f}", False),
 ]
 names = {"a": "a: loop/file", "b": "b: qemu luks", "c": "c: sos plain", "d": "d: sos xts"}
 ratios = [("d/b", "b"), ("d/c", "c"), ("d/a", "a")]
@@ -250,7 +275,7 @@ for label, key, fmt, higher in rows:
     for r, x in ratios:
         if x in res and "d" in res:
             a, b = res["d"].get(key), res[x].get(key)
-            cells.append("-" if not a or not b or key == "daemon_peak_rss_mib" and x == "a" else f"{a / b:.2f}x")
+            cells.append("-" if not a or not b else f"{a / b:.2f}x")
     md.append("| " + " | ".join(cells) + " |")
 md.append("")
 md.append(f"XTS, one thread, 4 KiB sectors: storageos-fuse encrypt {xts['storageos_encrypt_mib_s']:.0f} MiB/s, "
