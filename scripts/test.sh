@@ -13,13 +13,19 @@ command -v losetup >/dev/null 2>&1 || need+=(util-linux)
 command -v blkdiscard >/dev/null 2>&1 || need+=(util-linux)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
-# tests/kubectl_*.rs drive the real kubectl against the test API server.
-command -v kubectl >/dev/null 2>&1 || need+=(kubectl)
 if [ ${#need[@]} -gt 0 ]; then
   echo "== installing: ${need[*]}"
   if [ "$(id -u)" -ne 0 ]; then echo "error: run as root to install ${need[*]}" >&2; exit 1; fi
   DEBIAN_FRONTEND=noninteractive apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+# tests/kubectl_*.rs drive the real kubectl against the test API server. It is not in
+# Debian's own archive: try the package where a repository offers it; without kubectl
+# those tests fail loudly under CI=true (and are skipped, with a note, elsewhere).
+if ! command -v kubectl >/dev/null 2>&1; then
+  echo "== kubectl missing: trying apt-get install kubectl"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kubectl >/dev/null 2>&1 \
+    || echo "warning: kubectl could not be installed; tests/kubectl_*.rs will fail under CI=true" >&2
 fi
 # Offline Kubernetes schema validation of packaging/kubernetes (PyPI), in its own venv.
 KV=/opt/storageos-fuse-test-venv
