@@ -261,7 +261,12 @@ fn no_key_byte_in_any_output_or_log_at_trace() {
     // keys backup, then serve at trace picking up a restored key while it runs.
     let small_id = env.inspect("small")["id"].as_str().unwrap().to_string();
     let small_key = format!("vol-key.{small_id}.yaml");
-    traced(&env, &["keys", "backup", "--out", "backup"], &mut outputs);
+    let backup = env.path("backup");
+    traced(
+        &env,
+        &["keys", "backup", "--out", backup.to_str().unwrap()],
+        &mut outputs,
+    );
     fs::remove_file(env.keys.join(&small_key)).unwrap();
     let mut cmd = env.cmd();
     cmd.env("RUST_LOG", "trace");
@@ -433,7 +438,12 @@ fn no_key_byte_in_kube_client_logs_at_trace() {
     traced_cmd(
         k.sf_cmd(),
         log,
-        &["keys", "backup", "--out", "backup"],
+        &[
+            "keys",
+            "backup",
+            "--out",
+            k.env.path("backup").to_str().unwrap(),
+        ],
         &mut outputs,
     );
     k.sh_ok(&format!("kubectl delete secret vol-key.{id} -n storageos"));
