@@ -10,10 +10,13 @@ use std::io::{Read, Write};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 use std::process::Stdio;
+use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use common::Env;
+use common::kube_api::KubeEnv;
+use common::serve::{Serve, wait_until};
 
 const ENC: &str = "storageos.com/encryption=true";
 
@@ -71,12 +74,17 @@ fn search(haystacks: &[(String, Vec<u8>)], needles: &[(String, String)]) -> usiz
 
 /// Runs with RUST_LOG=trace, keeping stdout and stderr for the search.
 fn traced(env: &Env, args: &[&str], outputs: &mut Vec<(String, Vec<u8>)>) -> String {
-    let o = env
-        .cmd()
-        .env("RUST_LOG", "trace")
-        .args(args)
-        .output()
-        .unwrap();
+    traced_cmd(env.cmd(), "trace", args, outputs)
+}
+
+/// Same, from a prepared command and with the given RUST_LOG.
+fn traced_cmd(
+    mut cmd: std::process::Command,
+    rust_log: &str,
+    args: &[&str],
+    outputs: &mut Vec<(String, Vec<u8>)>,
+) -> String {
+    let o = cmd.env("RUST_LOG", rust_log).args(args).output().unwrap();
     assert!(
         o.status.success(),
         "{args:?}: {}",
@@ -85,6 +93,60 @@ fn traced(env: &Env, args: &[&str], outputs: &mut Vec<(String, Vec<u8>)>) -> Str
     outputs.push((format!("stdout of {args:?}"), o.stdout.clone()));
     outputs.push((format!("stderr of {args:?}"), o.stderr.clone()));
     String::from_utf8(o.stdout).unwrap()
+}
+
+/// Every printable form of every key value in the Secret YAML files of `dir`.
+fn key_needles(dir: &Path) -> Vec<(String, String)> {
+    let mut needles = Vec::new();
+    for e in fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        if let Some(vid) = name
+            .strip_prefix("vol-key.")
+            .and_then(|n| n.strip_suffix(".yaml"))
+        {
+            let (nsk, iv, vuk, digest) = (
+                item(&p, "nsk"),
+                item(&p, "iv"),
+                item(&p, "vuk"),
+                item(&p, "digest"),
+            );
+            let vk = unwrap_vk(vid, &nsk, &iv, &vuk);
+            for (n, k) in [
+                ("NSK", &nsk),
+                ("IV", &iv),
+                ("VUK", &vuk),
+                ("digest", &digest),
+                ("VK", &vk),
+            ] {
+                needles.extend(forms(&format!("{n} of {vid}"), k));
+            }
+        } else if name.starts_with("ns-key.") {
+            needles.extend(forms(&format!("ns-key {name}"), &item(&p, "key")));
+        }
+    }
+    needles
+}
+
+/// Waits (hang bound only) until serve exposes `rel`, then writes and reads it back.
+fn served_io(serve: &Serve, rel: &str) {
+    let p = serve.path(rel);
+    assert!(
+        wait_until(Duration::from_secs(30), || p.exists()),
+        "{rel} never served; log:\n{}",
+        serve.log_text()
+    );
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&p)
+        .unwrap();
+    let data = common::pseudo_random(11, 64 << 10);
+    f.write_all_at(&data, 8192).unwrap();
+    f.sync_all().unwrap();
+    let mut back = vec![0u8; data.len()];
+    f.read_exact_at(&mut back, 8192).unwrap();
+    assert!(back == data, "{rel}: data read back through serve differs");
 }
 
 #[test]
@@ -196,6 +258,36 @@ fn no_key_byte_in_any_output_or_log_at_trace() {
     outputs.push(("foreground mount stdout".into(), rest));
     outputs.push(("foreground mount stderr".into(), err));
 
+    // keys backup, then serve at trace picking up a restored key while it runs.
+    let small_id = env.inspect("small")["id"].as_str().unwrap().to_string();
+    let small_key = format!("vol-key.{small_id}.yaml");
+    let backup = env.path("backup");
+    traced(
+        &env,
+        &["keys", "backup", "--out", backup.to_str().unwrap()],
+        &mut outputs,
+    );
+    fs::remove_file(env.keys.join(&small_key)).unwrap();
+    let mut cmd = env.cmd();
+    cmd.env("RUST_LOG", "trace");
+    let serve = Serve::start_cmd(&env, cmd);
+    let restore = env.path(&format!("backup/{small_key}"));
+    traced(
+        &env,
+        &["keys", "restore", restore.to_str().unwrap()],
+        &mut outputs,
+    );
+    served_io(&serve, "default/small");
+    served_io(&serve, "default/secret");
+    let serve_log = serve.log.clone();
+    assert!(serve.stop().success());
+    let serve_log = fs::read(&serve_log).unwrap();
+    assert!(
+        String::from_utf8_lossy(&serve_log).contains("TRACE"),
+        "trace logging was on in serve"
+    );
+    outputs.push(("serve log".into(), serve_log));
+
     for e in fs::read_dir(env.data.join("logs")).unwrap() {
         let p = e.unwrap().path();
         outputs.push((p.display().to_string(), fs::read(&p).unwrap()));
@@ -220,34 +312,7 @@ fn no_key_byte_in_any_output_or_log_at_trace() {
     );
 
     // Every key value of every volume and namespace.
-    let mut needles = Vec::new();
-    for e in fs::read_dir(&env.keys).unwrap() {
-        let p = e.unwrap().path();
-        let name = p.file_name().unwrap().to_string_lossy().into_owned();
-        if let Some(vid) = name
-            .strip_prefix("vol-key.")
-            .and_then(|n| n.strip_suffix(".yaml"))
-        {
-            let (nsk, iv, vuk, digest) = (
-                item(&p, "nsk"),
-                item(&p, "iv"),
-                item(&p, "vuk"),
-                item(&p, "digest"),
-            );
-            let vk = unwrap_vk(vid, &nsk, &iv, &vuk);
-            for (n, k) in [
-                ("NSK", &nsk),
-                ("IV", &iv),
-                ("VUK", &vuk),
-                ("digest", &digest),
-                ("VK", &vk),
-            ] {
-                needles.extend(forms(&format!("{n} of {vid}"), k));
-            }
-        } else if name.starts_with("ns-key.") {
-            needles.extend(forms(&format!("ns-key {name}"), &item(&p, "key")));
-        }
-    }
+    let needles = key_needles(&env.keys);
     assert!(needles.len() > 60, "keys found: {}", needles.len());
     let bytes = search(&outputs, &needles);
     eprintln!(
@@ -339,4 +404,79 @@ fn mount_options(p: &Path) -> String {
         left.split(' ').nth(5).unwrap(),
         right.split(' ').nth(2).unwrap_or("")
     )
+}
+
+/// With key source kube the key data travels through the Kubernetes client: even with
+/// RUST_LOG asking for everything from it, serve, create, backup and restore log no key.
+#[test]
+fn no_key_byte_in_kube_client_logs_at_trace() {
+    if !common::require_real(&["kubectl"]) {
+        return;
+    }
+    let k = KubeEnv::new();
+    let log =
+        "trace,kube_client=trace,kube_runtime=trace,hyper=trace,hyper_util=trace,tower_http=trace";
+    let mut outputs = Vec::new();
+    let out = traced_cmd(
+        k.sf_cmd(),
+        log,
+        &[
+            "volume",
+            "create",
+            "default/enc",
+            "--size",
+            "8Mi",
+            "--label",
+            ENC,
+        ],
+        &mut outputs,
+    );
+    let id = serde_json::from_str::<serde_json::Value>(&out).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    traced_cmd(
+        k.sf_cmd(),
+        log,
+        &[
+            "keys",
+            "backup",
+            "--out",
+            k.env.path("backup").to_str().unwrap(),
+        ],
+        &mut outputs,
+    );
+    k.sh_ok(&format!("kubectl delete secret vol-key.{id} -n storageos"));
+
+    let mut cmd = k.sf_cmd();
+    cmd.env("RUST_LOG", log).env("POD_NAMESPACE", "storageos");
+    let serve = Serve::start_cmd(&k.env, cmd);
+    let restore = k.env.path(&format!("backup/vol-key.{id}.yaml"));
+    traced_cmd(
+        k.sf_cmd(),
+        log,
+        &["keys", "restore", restore.to_str().unwrap()],
+        &mut outputs,
+    );
+    served_io(&serve, "default/enc");
+    let serve_log = serve.log.clone();
+    assert!(serve.stop().success());
+    let serve_log = fs::read(&serve_log).unwrap();
+    let text = String::from_utf8_lossy(&serve_log);
+    assert!(text.contains("TRACE"), "trace logging was on in serve");
+    // kube_client's own trace of every response is capped away, whatever RUST_LOG says.
+    assert!(
+        !text.contains("headers: {"),
+        "kube_client trace in the log:\n{text}"
+    );
+    outputs.push(("serve log (kube)".into(), serve_log));
+
+    let needles = key_needles(&k.env.path("backup"));
+    assert!(needles.len() > 40, "keys found: {}", needles.len());
+    let bytes = search(&outputs, &needles);
+    eprintln!(
+        "RESULT secrets kube: {} key forms searched in {} outputs/logs ({bytes} bytes), 0 found",
+        needles.len(),
+        outputs.len()
+    );
 }

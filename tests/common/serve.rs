@@ -24,6 +24,16 @@ impl Serve {
 
     /// Same, with extra environment variables (e.g. another keys dir).
     pub fn start_with(env: &Env, vars: &[(&str, &Path)]) -> Self {
+        let mut cmd = env.cmd();
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        Self::start_cmd(env, cmd)
+    }
+
+    /// Same, from a prepared storageos-fuse command (e.g. `KubeEnv::sf_cmd`, key source
+    /// kube); `serve --mountpoint <env>/served` is appended.
+    pub fn start_cmd(env: &Env, mut cmd: std::process::Command) -> Self {
         let dir = env.path("served");
         let mut n = 0;
         let log = loop {
@@ -33,10 +43,6 @@ impl Serve {
             }
             n += 1;
         };
-        let mut cmd = env.cmd();
-        for (k, v) in vars {
-            cmd.env(k, v);
-        }
         let mut child = cmd
             .args(["serve", "--mountpoint", dir.to_str().unwrap()])
             .stdin(Stdio::null())
