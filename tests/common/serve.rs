@@ -24,6 +24,11 @@ impl Serve {
 
     /// Same, with extra environment variables (e.g. another keys dir).
     pub fn start_with(env: &Env, vars: &[(&str, &Path)]) -> Self {
+        Self::start_args(env, vars, &[])
+    }
+
+    /// Same, with extra `serve` arguments (e.g. `--listen`).
+    pub fn start_args(env: &Env, vars: &[(&str, &Path)], args: &[&str]) -> Self {
         let dir = env.path("served");
         let mut n = 0;
         let log = loop {
@@ -39,6 +44,7 @@ impl Serve {
         }
         let mut child = cmd
             .args(["serve", "--mountpoint", dir.to_str().unwrap()])
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(fs::File::create(&log).expect("serve log"))
