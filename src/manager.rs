@@ -39,6 +39,20 @@ pub enum KeyStatus {
 }
 
 impl KeyStatus {
+    /// The status of `meta` against `keys`.
+    pub fn of(meta: &VolumeMeta, keys: &KeySet) -> Self {
+        if !meta.encrypted() {
+            return KeyStatus::NotEncrypted;
+        }
+        match keys.vol_key(&meta.id) {
+            None => KeyStatus::Missing,
+            Some(rec) => match meta.key_digest().map(|d| rec.unlock(&meta.id, &d)) {
+                Some(Ok(_)) => KeyStatus::Available,
+                _ => KeyStatus::Mismatch,
+            },
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Available => "available",
@@ -152,16 +166,7 @@ impl Manager {
     }
 
     pub fn key_status(&self, meta: &VolumeMeta, keys: &KeySet) -> KeyStatus {
-        if !meta.encrypted() {
-            return KeyStatus::NotEncrypted;
-        }
-        match keys.vol_key(&meta.id) {
-            None => KeyStatus::Missing,
-            Some(rec) => match meta.key_digest().map(|d| rec.unlock(&meta.id, &d)) {
-                Some(Ok(_)) => KeyStatus::Available,
-                _ => KeyStatus::Mismatch,
-            },
-        }
+        KeyStatus::of(meta, keys)
     }
 
     pub fn view(&self, meta: &VolumeMeta, keys: &KeySet) -> VolumeView {

@@ -96,6 +96,9 @@ pub struct ServeArgs {
     /// Let users other than root open the images (off by default)
     #[arg(long)]
     pub allow_other: bool,
+    /// Serve /healthz, /readyz and /metrics (Prometheus) over HTTP on IP:PORT, e.g. 0.0.0.0:9402 (off by default)
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -137,6 +140,7 @@ pub enum VolumeCommand {
 pub enum OutputFormat {
     Table,
     Json,
+    Yaml,
 }
 
 #[derive(Debug, Args)]

@@ -116,6 +116,7 @@ pub fn run(cli: Cli) -> Result<()> {
                     mountpoint: Some(a.mountpoint),
                     threads: a.threads.clamp(1, 64),
                     allow_other: a.allow_other,
+                    listen: a.listen,
                 },
             )
         }
@@ -156,6 +157,17 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
     writeln!(out).map_err(|e| Error::Io(e.to_string()))
 }
 
+fn print_yaml<T: serde::Serialize>(v: &T) -> Result<()> {
+    let text = serde_saphyr::to_string(v).map_err(|e| Error::Io(e.to_string()))?;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .map_err(|e| Error::Io(e.to_string()))?;
+    if !text.ends_with('\n') {
+        writeln!(out).map_err(|e| Error::Io(e.to_string()))?;
+    }
+    Ok(())
+}
+
 fn volume(mgr: &Manager, cmd: VolumeCommand) -> Result<()> {
     match cmd {
         VolumeCommand::Create {
@@ -187,6 +199,7 @@ fn volume(mgr: &Manager, cmd: VolumeCommand) -> Result<()> {
             let views: Vec<_> = vols.iter().map(|m| mgr.view(m, &keys)).collect();
             match output {
                 OutputFormat::Json => print_json(&views),
+                OutputFormat::Yaml => print_yaml(&views),
                 OutputFormat::Table => {
                     let rows: Vec<[String; 6]> = views
                         .iter()
@@ -236,6 +249,7 @@ fn benchmark(output: OutputFormat) -> Result<()> {
             serde_json::to_writer(&mut out, &r).map_err(|e| Error::Io(e.to_string()))?;
             writeln!(out).map_err(|e| Error::Io(e.to_string()))
         }
+        OutputFormat::Yaml => print_yaml(&r),
         OutputFormat::Table => {
             println!("# Tests are approximate, single thread, memory only (no storage I/O).");
             println!(
@@ -262,7 +276,18 @@ fn keys_status(mgr: &Manager) -> Result<()> {
 }
 
 fn keys_backup(mgr: &Manager, out: &std::path::Path) -> Result<()> {
-    let written = keys::backup_to_dir(mgr.keys.as_ref(), out)?;
+    use std::io::IsTerminal;
+    // A one-line counter, only for a person watching a terminal.
+    let tty = std::io::stderr().is_terminal();
+    let mut progress = |done: usize, total: usize| {
+        if tty {
+            eprint!("\rbacking up Secrets: {done}/{total}");
+            if done == total {
+                eprint!("\r\x1b[K");
+            }
+        }
+    };
+    let written = keys::backup_to_dir_with(mgr.keys.as_ref(), out, &mut progress)?;
     for p in &written {
         println!("{}", p.display());
     }
@@ -291,8 +316,11 @@ fn keys_restore(mgr: &Manager, files: &[std::path::PathBuf]) -> Result<()> {
     Ok(())
 }
 
-/// kubectl-style table: left-aligned columns, three spaces apart.
+/// kubectl-style table: left-aligned columns, three spaces apart; the header is bold only
+/// when stdout is a terminal (scripts and pipes get plain text).
 fn print_table<const N: usize>(headers: &[&str; N], rows: &[[String; N]]) {
+    use std::io::IsTerminal;
+    let bold = std::io::stdout().is_terminal();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for r in rows {
         for (w, c) in widths.iter_mut().zip(r) {
@@ -310,7 +338,12 @@ fn print_table<const N: usize>(headers: &[&str; N], rows: &[[String; N]]) {
         }
         s
     };
-    println!("{}", line(headers.to_vec()));
+    let header = line(headers.to_vec());
+    if bold {
+        println!("\x1b[1m{header}\x1b[0m");
+    } else {
+        println!("{header}");
+    }
     for r in rows {
         println!("{}", line(r.iter().map(String::as_str).collect()));
     }

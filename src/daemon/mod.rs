@@ -3,6 +3,7 @@
 //! in the mount table. Wires `manager`, `image` and `fuse` together; the logic of what to
 //! serve lives in those modules.
 
+pub mod http;
 pub mod mount;
 pub mod mounts;
 pub mod serve;

@@ -18,6 +18,8 @@
 //!   volume in use is kept and the delete is refused with what to detach. A volume whose
 //!   files vanished behind our back is dropped too.
 //!
+//! With `--listen ADDR`, `daemon::http` answers health probes and metric scrapes.
+//!
 //! Owns the serve loop, its mount point and the delete hand-over; the tree itself is
 //! `fuse::VolumeTree`, keys come from whichever source fed the keyring.
 
@@ -31,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use notify::{RecursiveMode, Watcher};
 
-use super::{mounts, signals};
+use super::{http, mounts, signals};
 use crate::error::{Error, Result};
 use crate::fuse::{FsOptions, RemoveError, VolumeTable, VolumeTree, fuse_config};
 use crate::image::{ImageError, VolumeImage};
@@ -56,6 +58,8 @@ pub struct ServeRequest {
     pub mountpoint: Option<PathBuf>,
     pub threads: usize,
     pub allow_other: bool,
+    /// `--listen ADDR`: health and metrics endpoint (off when `None`).
+    pub listen: Option<String>,
 }
 
 /// Serves until SIGTERM/SIGINT (or `umount DIR`) unmounts the tree.
@@ -65,6 +69,8 @@ pub fn run_serve(mgr: &Manager, keyring: Arc<Keyring>, req: &ServeRequest) -> Re
             .map_err(|e| Error::Usage(format!("--mountpoint {}: {e}", p.display())))?,
         None => PathBuf::from(DEFAULT_MOUNTPOINT),
     };
+    // Bound first: a bad or taken address changes nothing.
+    let listener = req.listen.as_deref().map(http::bind).transpose()?;
     let vols_dir = mgr.store.volumes_dir();
     crate::fsutil::create_private_dir(&vols_dir)
         .map_err(|e| Error::Io(format!("cannot create {}: {e}", vols_dir.display())))?;
@@ -84,6 +90,23 @@ pub fn run_serve(mgr: &Manager, keyring: Arc<Keyring>, req: &ServeRequest) -> Re
             ))
         })?;
     let notifier = session.notifier();
+    let session_alive = Arc::new(AtomicBool::new(true));
+    let serving = Arc::new(AtomicBool::new(false));
+    let _http = listener
+        .map(|l| {
+            http::spawn(
+                l,
+                http::Status {
+                    store: mgr.store.clone(),
+                    keyring: keyring.clone(),
+                    table: table.clone(),
+                    mountpoint: at.clone(),
+                    session_alive: session_alive.clone(),
+                    serving: serving.clone(),
+                },
+            )
+        })
+        .transpose()?;
 
     let (wake, woken) = mpsc::channel::<()>();
     let events = wake.clone();
@@ -127,6 +150,7 @@ pub fn run_serve(mgr: &Manager, keyring: Arc<Keyring>, req: &ServeRequest) -> Re
     println!("{}", at.display());
     let _ = std::io::stdout().flush();
     signals::unmount_on_signal(at.clone());
+    serving.store(true, Ordering::Release);
 
     let stop = AtomicBool::new(false);
     let outcome = std::thread::scope(|s| {
@@ -162,6 +186,8 @@ pub fn run_serve(mgr: &Manager, keyring: Arc<Keyring>, req: &ServeRequest) -> Re
             }
         });
         let res = session.run();
+        session_alive.store(false, Ordering::Release);
+        serving.store(false, Ordering::Release);
         stop.store(true, Ordering::Release);
         let _ = wake.send(());
         res

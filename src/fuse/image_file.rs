@@ -93,7 +93,7 @@ impl Filesystem for ImageFile {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        io::read(&self.image, offset, size, reply)
+        io::read(&self.image, offset, size, reply);
     }
 
     fn write(
@@ -108,7 +108,7 @@ impl Filesystem for ImageFile {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        io::write(&self.image, offset, data, reply)
+        io::write(&self.image, offset, data, reply);
     }
 
     fn flush(
@@ -130,7 +130,7 @@ impl Filesystem for ImageFile {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        io::fsync(&self.image, datasync, reply)
+        io::fsync(&self.image, datasync, reply);
     }
 
     fn fallocate(
@@ -143,7 +143,7 @@ impl Filesystem for ImageFile {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        io::fallocate(&self.image, offset, length, mode, reply)
+        io::fallocate(&self.image, offset, length, mode, reply);
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {

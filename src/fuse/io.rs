@@ -93,51 +93,75 @@ thread_local! {
     static READ_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-pub fn read(image: &VolumeImage, offset: u64, size: u32, reply: ReplyData) {
+/// Serves a read; returns the bytes read, or `None` after an error reply.
+pub fn read(image: &VolumeImage, offset: u64, size: u32, reply: ReplyData) -> Option<usize> {
     let want = size.min(MAX_REQUEST) as usize;
     READ_BUF.with_borrow_mut(|buf| {
         if buf.len() < want {
             buf.resize(want, 0);
         }
         match image.read_at(offset, &mut buf[..want]) {
-            Ok(n) => reply.data(&buf[..n]),
+            Ok(n) => {
+                reply.data(&buf[..n]);
+                Some(n)
+            }
             Err(e) => {
                 tracing::error!("read of {size} bytes at {offset} failed: {e}");
-                reply.error(errno(&e))
+                reply.error(errno(&e));
+                None
             }
         }
     })
 }
 
-pub fn write(image: &VolumeImage, offset: u64, data: &[u8], reply: ReplyWrite) {
+/// Serves a write; returns the bytes written, or `None` after an error reply.
+pub fn write(image: &VolumeImage, offset: u64, data: &[u8], reply: ReplyWrite) -> Option<usize> {
     match image.write_at(offset, data) {
-        Ok(n) => reply.written(n as u32),
+        Ok(n) => {
+            reply.written(n as u32);
+            Some(n)
+        }
         Err(e) => {
             tracing::error!("write of {} bytes at {offset} failed: {e}", data.len());
-            reply.error(errno(&e))
+            reply.error(errno(&e));
+            None
         }
     }
 }
 
-pub fn fsync(image: &VolumeImage, datasync: bool, reply: ReplyEmpty) {
+/// Serves an fsync; returns whether it succeeded.
+pub fn fsync(image: &VolumeImage, datasync: bool, reply: ReplyEmpty) -> bool {
     match image.sync(datasync) {
-        Ok(()) => reply.ok(),
+        Ok(()) => {
+            reply.ok();
+            true
+        }
         Err(e) => {
             tracing::error!("fsync failed: {e}");
-            reply.error(errno(&e))
+            reply.error(errno(&e));
+            false
         }
     }
 }
 
-pub fn fallocate(image: &VolumeImage, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
+/// Serves a fallocate; returns whether it succeeded.
+pub fn fallocate(
+    image: &VolumeImage,
+    offset: u64,
+    length: u64,
+    mode: i32,
+    reply: ReplyEmpty,
+) -> bool {
     let punch = mode & (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE) != 0;
     let known = libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
     if mode & !known != 0 {
-        return reply.error(Errno::from_i32(libc::EOPNOTSUPP));
+        reply.error(Errno::from_i32(libc::EOPNOTSUPP));
+        return false;
     }
     if mode & libc::FALLOC_FL_KEEP_SIZE == 0 && offset.saturating_add(length) > image.size() {
         // The image has a fixed size; growing it is not possible.
-        return reply.error(Errno::from_i32(libc::EOPNOTSUPP));
+        reply.error(Errno::from_i32(libc::EOPNOTSUPP));
+        return false;
     }
     let res = if punch {
         image.punch(offset, length)
@@ -145,10 +169,14 @@ pub fn fallocate(image: &VolumeImage, offset: u64, length: u64, mode: i32, reply
         image.allocate(offset, length)
     };
     match res {
-        Ok(()) => reply.ok(),
+        Ok(()) => {
+            reply.ok();
+            true
+        }
         Err(e) => {
             tracing::error!("fallocate(mode {mode:#x}) of {length} bytes at {offset} failed: {e}");
-            reply.error(errno(&e))
+            reply.error(errno(&e));
+            false
         }
     }
 }

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::ffi::{OsStr, OsString};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use fuser::{
     AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
@@ -25,6 +25,7 @@ use fuser::{
 };
 
 use super::io;
+use super::metrics::{IoMetrics, Op, VolumeStats};
 use crate::image::VolumeImage;
 
 /// The directory of id-named entries.
@@ -41,6 +42,8 @@ pub struct ServedVolume {
     pub namespace: String,
     pub name: String,
     pub image: Arc<VolumeImage>,
+    /// I/O counters of this volume (`/metrics`).
+    pub stats: VolumeStats,
     ino: u64,
     opens: AtomicUsize,
     since: SystemTime,
@@ -96,6 +99,8 @@ pub enum RemoveError {
 pub struct VolumeTable {
     inner: RwLock<Tables>,
     since: SystemTime,
+    /// Request latencies of the whole tree (`/metrics`).
+    pub metrics: IoMetrics,
 }
 
 impl VolumeTable {
@@ -103,6 +108,7 @@ impl VolumeTable {
         Arc::new(Self {
             inner: RwLock::new(Tables::default()),
             since: SystemTime::now(),
+            metrics: IoMetrics::default(),
         })
     }
 
@@ -132,6 +138,7 @@ impl VolumeTable {
             namespace: namespace.to_string(),
             name: name.to_string(),
             image: Arc::new(image),
+            stats: VolumeStats::default(),
             ino,
             opens: AtomicUsize::new(0),
             since: SystemTime::now(),
@@ -439,7 +446,17 @@ impl Filesystem for VolumeTree {
         reply: ReplyData,
     ) {
         match self.handle(fh) {
-            Some(v) => io::read(&v.image, offset, size, reply),
+            Some(v) => {
+                let start = Instant::now();
+                match io::read(&v.image, offset, size, reply) {
+                    Some(n) => v.stats.read(n),
+                    None => v.stats.error(),
+                }
+                self.table
+                    .metrics
+                    .latency(Op::Read)
+                    .observe(start.elapsed());
+            }
             None => reply.error(Errno::EBADF),
         }
     }
@@ -457,7 +474,17 @@ impl Filesystem for VolumeTree {
         reply: ReplyWrite,
     ) {
         match self.handle(fh) {
-            Some(v) => io::write(&v.image, offset, data, reply),
+            Some(v) => {
+                let start = Instant::now();
+                match io::write(&v.image, offset, data, reply) {
+                    Some(n) => v.stats.write(n),
+                    None => v.stats.error(),
+                }
+                self.table
+                    .metrics
+                    .latency(Op::Write)
+                    .observe(start.elapsed());
+            }
             None => reply.error(Errno::EBADF),
         }
     }
@@ -482,7 +509,16 @@ impl Filesystem for VolumeTree {
         reply: ReplyEmpty,
     ) {
         match self.handle(fh) {
-            Some(v) => io::fsync(&v.image, datasync, reply),
+            Some(v) => {
+                let start = Instant::now();
+                if !io::fsync(&v.image, datasync, reply) {
+                    v.stats.error();
+                }
+                self.table
+                    .metrics
+                    .latency(Op::Fsync)
+                    .observe(start.elapsed());
+            }
             None => reply.error(Errno::EBADF),
         }
     }
@@ -498,7 +534,16 @@ impl Filesystem for VolumeTree {
         reply: ReplyEmpty,
     ) {
         match self.handle(fh) {
-            Some(v) => io::fallocate(&v.image, offset, length, mode, reply),
+            Some(v) => {
+                let start = Instant::now();
+                if !io::fallocate(&v.image, offset, length, mode, reply) {
+                    v.stats.error();
+                }
+                self.table
+                    .metrics
+                    .latency(Op::Fallocate)
+                    .observe(start.elapsed());
+            }
             None => reply.error(Errno::EBADF),
         }
     }

@@ -23,7 +23,17 @@ const MAX_FILE: u64 = 16 << 20;
 /// Writes `<out>/<secret>.yaml` for every valid key Secret of the store; returns the
 /// paths written. Broken Secrets are not backed up (they are reported by the load).
 pub fn backup_to_dir(store: &dyn KeyStore, out: &Path) -> Result<Vec<PathBuf>, KeysError> {
+    backup_to_dir_with(store, out, &mut |_, _| {})
+}
+
+/// `backup_to_dir`, calling `progress(done, total)` after each Secret written.
+pub fn backup_to_dir_with(
+    store: &dyn KeyStore,
+    out: &Path,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<PathBuf>, KeysError> {
     let report = store.load()?;
+    let total = report.keys.manifests.len();
     for issue in &report.issues {
         tracing::warn!("not backed up: {issue}");
     }
@@ -38,6 +48,7 @@ pub fn backup_to_dir(store: &dyn KeyStore, out: &Path) -> Result<Vec<PathBuf>, K
         fsutil::write_atomic(&path, m.to_yaml().as_bytes())
             .map_err(|e| KeysError::Io(format!("cannot write {}: {e}", path.display())))?;
         written.push(path);
+        progress(written.len(), total);
     }
     Ok(written)
 }

@@ -4,6 +4,7 @@
 //!
 //! Owns no I/O: feeding it is the sources' job, so tests can drive it directly.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -21,6 +22,8 @@ struct State {
 pub struct Keyring {
     state: Mutex<State>,
     changed: Condvar,
+    /// Times the feeding source lost its watch and started again (`/metrics`).
+    restarts: AtomicU64,
 }
 
 impl Keyring {
@@ -45,6 +48,16 @@ impl Keyring {
     /// Whether a source has delivered at least one full snapshot.
     pub fn is_synced(&self) -> bool {
         self.lock().synced
+    }
+
+    /// Called by a source each time its watch failed and is being restarted.
+    pub fn note_restart(&self) {
+        self.restarts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Watch restarts of the feeding source so far.
+    pub fn restarts(&self) -> u64 {
+        self.restarts.load(Ordering::Relaxed)
     }
 
     pub fn generation(&self) -> u64 {

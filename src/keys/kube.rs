@@ -409,9 +409,13 @@ pub fn spawn_kube_watcher(
                                     keyring.replace(report);
                                 }
                             }
-                            Err(e) => tracing::warn!(
-                                "watching Secrets in namespace {namespace}: {e}; retrying"
-                            ),
+                            Err(e) => {
+                                // The backoff stream restarts the watch after an error.
+                                keyring.note_restart();
+                                tracing::warn!(
+                                    "watching Secrets in namespace {namespace}: {e}; retrying"
+                                )
+                            }
                         }
                     }
                 };

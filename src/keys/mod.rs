@@ -15,7 +15,9 @@ mod record;
 mod store;
 mod watch;
 
-pub use backup::{RestoreOutcome, RestorePlan, backup_to_dir, read_restore_files, restore};
+pub use backup::{
+    RestoreOutcome, RestorePlan, backup_to_dir, backup_to_dir_with, read_restore_files, restore,
+};
 pub use dir::{DirStore, load_file};
 pub use keyring::Keyring;
 pub use keyset::{KeyIssue, KeySet, LoadReport};

@@ -24,16 +24,25 @@ impl Serve {
 
     /// Same, with extra environment variables (e.g. another keys dir).
     pub fn start_with(env: &Env, vars: &[(&str, &Path)]) -> Self {
+        Self::start_args(env, vars, &[])
+    }
+
+    /// Same, with extra `serve` arguments (e.g. `--listen`).
+    pub fn start_args(env: &Env, vars: &[(&str, &Path)], args: &[&str]) -> Self {
         let mut cmd = env.cmd();
         for (k, v) in vars {
             cmd.env(k, v);
         }
-        Self::start_cmd(env, cmd)
+        Self::launch(env, cmd, args)
     }
 
     /// Same, from a prepared storageos-fuse command (e.g. `KubeEnv::sf_cmd`, key source
     /// kube); `serve --mountpoint <env>/served` is appended.
-    pub fn start_cmd(env: &Env, mut cmd: std::process::Command) -> Self {
+    pub fn start_cmd(env: &Env, cmd: std::process::Command) -> Self {
+        Self::launch(env, cmd, &[])
+    }
+
+    fn launch(env: &Env, mut cmd: std::process::Command, args: &[&str]) -> Self {
         let dir = env.path("served");
         let mut n = 0;
         let log = loop {
@@ -45,6 +54,7 @@ impl Serve {
         };
         let mut child = cmd
             .args(["serve", "--mountpoint", dir.to_str().unwrap()])
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(fs::File::create(&log).expect("serve log"))
