@@ -42,4 +42,4 @@ echo "== cargo clippy"
 cargo clippy --all-targets --quiet -- -D warnings
 echo "== cargo test"
 # Tests mount real FUSE and attach loop devices; a few at a time keeps 2-core machines sane.
-cargo test --quiet "$@" -- --test-threads="${TEST_THREADS:-2}"
+cargo test --quiet --no-fail-fast "$@" -- --test-threads="${TEST_THREADS:-2}"

@@ -324,7 +324,7 @@ pub fn run_umount(mgr: &Manager, target: &str) -> Result<()> {
     };
     for p in &paths {
         let dead = mounts::is_dead_mount(p);
-        mounts::unmount(p).map_err(|e| {
+        unmount_settling(p).map_err(|e| {
             if e.raw_os_error() == Some(libc::EBUSY) {
                 Error::Mount(format!(
                     "{} is busy: a loop device or a process still uses it; detach it first (`losetup -j {}`, then `losetup -d /dev/loopN`)",
@@ -355,4 +355,19 @@ pub fn run_umount(mgr: &Manager, target: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Unmounts, giving a just-detached loop device a moment to let go: `losetup -d` returns
+/// while udev or blkid may still hold the device open, and the loop driver drops its
+/// reference to the image only at the last close. A mount still busy after 3 s is busy.
+fn unmount_settling(p: &Path) -> std::io::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        match mounts::unmount(p) {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
 }
