@@ -1121,24 +1121,12 @@ impl KubeEnv {
 
     /// storageos-fuse --key-source kube ARGS; expects success, returns stdout.
     pub fn sf(&self, args: &[&str]) -> String {
-        let o = self.sf_run(args);
-        assert!(
-            o.status.success(),
-            "storageos-fuse {args:?} failed: {}\n{}",
-            o.status,
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8(o.stdout).expect("utf-8 stdout")
+        super::expect_success(self.sf_run(args), args)
     }
 
     /// Expects failure with one `error:` line; returns it.
     pub fn sf_fails(&self, args: &[&str]) -> String {
-        let o = self.sf_run(args);
-        assert!(
-            !o.status.success(),
-            "storageos-fuse {args:?} unexpectedly succeeded"
-        );
-        super::error_line(&o)
+        super::expect_failure(self.sf_run(args), args)
     }
 
     /// The environment a shell command needs to run both tools against this server.

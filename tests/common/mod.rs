@@ -105,24 +105,12 @@ impl Env {
 
     /// Runs and expects success; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert!(
-            o.status.success(),
-            "storageos-fuse {args:?} failed: {}\n{}",
-            o.status,
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8(o.stdout).expect("utf-8 stdout")
+        expect_success(self.run(args), args)
     }
 
     /// Runs and expects failure with exactly one `error:` line on stderr; returns it.
     pub fn fails(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert!(
-            !o.status.success(),
-            "storageos-fuse {args:?} unexpectedly succeeded"
-        );
-        error_line(&o)
+        expect_failure(self.run(args), args)
     }
 
     pub fn inspect(&self, volume: &str) -> serde_json::Value {
@@ -165,6 +153,26 @@ impl Drop for Env {
     fn drop(&mut self) {
         cleanup_under(self.root.path());
     }
+}
+
+/// A storageos-fuse run that must succeed; its stdout.
+pub fn expect_success(o: Output, args: &[&str]) -> String {
+    assert!(
+        o.status.success(),
+        "storageos-fuse {args:?} failed: {}\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).expect("utf-8 stdout")
+}
+
+/// A storageos-fuse run that must fail with exactly one `error:` line; that line.
+pub fn expect_failure(o: Output, args: &[&str]) -> String {
+    assert!(
+        !o.status.success(),
+        "storageos-fuse {args:?} unexpectedly succeeded"
+    );
+    error_line(&o)
 }
 
 /// The one `error:` line of a failed command (asserts there is exactly one).
