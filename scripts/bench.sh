@@ -11,7 +11,9 @@
 #
 # Usage: scripts/bench.sh            environment: RUNTIME=12 (s per job), SIZE=1G,
 #                                    THREADS=8 (storageos-fuse workers), LOOP_DIO=on|off,
-#                                    STACKS="a b c d", BENCH_DIR=/var/tmp (scratch parent),
+#                                    BACKING_IO=buffered|direct (storageos-fuse --backing-io),
+#                                    STACKS="a b c d", JOBS="seqwrite seqread randread randrw lat",
+#                                    BENCH_DIR=/var/tmp (scratch parent),
 #                                    PROFILE=1 (perf record the storageos-fuse daemons; the
 #                                    top symbols go into the results; slows the run a little)
 set -euo pipefail
@@ -21,8 +23,10 @@ ROOT=$PWD
 RUNTIME=${RUNTIME:-12}
 SIZE=${SIZE:-1G}
 THREADS=${THREADS:-8}
+BACKING_IO=${BACKING_IO:-buffered}
 LOOP_DIO=${LOOP_DIO:-on}
 STACKS=${STACKS:-a b c d}
+JOBS=${JOBS:-seqwrite seqread randread randrw lat}
 PROFILE=${PROFILE:-0}
 
 die() { echo "error: $*" >&2; exit 1; }
@@ -106,7 +110,7 @@ run_jobs() { # STACK DEV [DAEMON_PID]
   echo "   prefill (1 pass of sequential writes, not measured)"
   fio --name=fill --filename="$dev" --ioengine=libaio --direct=1 --size="$SIZE" \
     --rw=write --bs=1M --iodepth=16 --output-format=json >/dev/null
-  for j in seqwrite seqread randread randrw lat; do
+  for j in $JOBS; do
     if [ "$j" = seqread ]; then drop_caches; fi
     t0=$(cpu_ticks "$dpid")
     case $j in
@@ -165,7 +169,7 @@ for s in $STACKS; do
     "$BIN" --data-dir "$data" volume create "bench/vol-$s" --size "$SIZE" "${labels[@]}" >/dev/null
     touch "$WORK/$s.img"
     "$BIN" --data-dir "$data" mount "bench/vol-$s" --at "$WORK/$s.img" --threads "$THREADS" \
-      >"$OUT/$s-daemon.log" 2>&1 &
+      --backing-io "$BACKING_IO" >"$OUT/$s-daemon.log" 2>&1 &
     pid=$!
     PIDS+=("$pid")
     MOUNTS+=("$WORK/$s.img")
@@ -201,9 +205,9 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
 python3 - "$OUT" "$ROOT/bench/results/$STAMP" "$(getconf CLK_TCK)" "$STAMP" "$RUNTIME" "$SIZE" "$THREADS" "$LOOP_DIO" \
   "$LOAD_BEFORE" "$LOAD_AFTER" "$STACKS" "$(uname -r)" "$(nproc)" \
-  "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" <<'PY'
+  "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" "$BACKING_IO" <<'PY'
 import json, os, sys
-out, dest, hz, stamp, runtime, size, threads, dio, load0, load1, stacks, kernel, ncpu, cpu = sys.argv[1:]
+out, dest, hz, stamp, runtime, size, threads, dio, load0, load1, stacks, kernel, ncpu, cpu, backing_io = sys.argv[1:]
 stacks = stacks.split()
 MiB = 1024 * 1024
 
@@ -216,24 +220,37 @@ def job(s, j):
 res = {}
 for s in stacks:
     r = {}
-    w = job(s, "seqwrite"); r["seq_write_mib_s"] = w["write"]["bw_bytes"] / MiB
-    rd = job(s, "seqread"); r["seq_read_mib_s"] = rd["read"]["bw_bytes"] / MiB
-    rr = job(s, "randread"); r["rand_read_iops"] = rr["read"]["iops"]
-    rw = job(s, "randrw"); r["rand_rw_iops"] = rw["read"]["iops"] + rw["write"]["iops"]
-    lt = job(s, "lat")
-    pct = lt["read"]["clat_ns"]["percentile"]
-    r["qd1_read_iops"] = lt["read"]["iops"]
-    r["qd1_p50_us"] = pct["50.000000"] / 1000
-    r["qd1_p99_us"] = pct["99.000000"] / 1000
     # Daemon CPU (user+system) per unit of work: robust when other work shares the CPUs.
     def cpu_of(j):
         p = f"{out}/{s}-{j}.cpu"
         return int(open(p).read()) / int(hz) if os.path.exists(p) else None
-    if cpu_of("seqwrite") is not None:
-        r["cpu_s_per_gib_seq_write"] = cpu_of("seqwrite") / (w["write"]["io_bytes"] / 2**30)
-        r["cpu_s_per_gib_seq_read"] = cpu_of("seqread") / (rd["read"]["io_bytes"] / 2**30)
-        r["cpu_us_per_io_rand_read"] = cpu_of("randread") * 1e6 / rr["read"]["total_ios"]
-        r["cpu_us_per_io_rand_rw"] = cpu_of("randrw") * 1e6 / (rw["read"]["total_ios"] + rw["write"]["total_ios"])
+    # Any job may be left out (JOBS=...): its rows then show "-".
+    w = job(s, "seqwrite")
+    if w:
+        r["seq_write_mib_s"] = w["write"]["bw_bytes"] / MiB
+        if cpu_of("seqwrite") is not None:
+            r["cpu_s_per_gib_seq_write"] = cpu_of("seqwrite") / (w["write"]["io_bytes"] / 2**30)
+    rd = job(s, "seqread")
+    if rd:
+        r["seq_read_mib_s"] = rd["read"]["bw_bytes"] / MiB
+        if cpu_of("seqread") is not None:
+            r["cpu_s_per_gib_seq_read"] = cpu_of("seqread") / (rd["read"]["io_bytes"] / 2**30)
+    rr = job(s, "randread")
+    if rr:
+        r["rand_read_iops"] = rr["read"]["iops"]
+        if cpu_of("randread") is not None:
+            r["cpu_us_per_io_rand_read"] = cpu_of("randread") * 1e6 / rr["read"]["total_ios"]
+    rw = job(s, "randrw")
+    if rw:
+        r["rand_rw_iops"] = rw["read"]["iops"] + rw["write"]["iops"]
+        if cpu_of("randrw") is not None:
+            r["cpu_us_per_io_rand_rw"] = cpu_of("randrw") * 1e6 / (rw["read"]["total_ios"] + rw["write"]["total_ios"])
+    lt = job(s, "lat")
+    if lt:
+        pct = lt["read"]["clat_ns"]["percentile"]
+        r["qd1_read_iops"] = lt["read"]["iops"]
+        r["qd1_p50_us"] = pct["50.000000"] / 1000
+        r["qd1_p99_us"] = pct["99.000000"] / 1000
     hwm = f"{out}/{s}-hwm"
     if os.path.exists(hwm):
         r["daemon_peak_rss_mib"] = int(open(hwm).read().strip() or 0) / 1024
@@ -283,7 +300,7 @@ md.append(f"XTS, one thread, 4 KiB sectors: storageos-fuse encrypt {xts['storage
           f"ratio {xts['encrypt_ratio_vs_openssl']:.2f}x / {xts['decrypt_ratio_vs_openssl']:.2f}x.")
 md.append("")
 md.append(f"Machine: {cpu}, {ncpu} cores, kernel {kernel}; load average before {load0}, after {load1}; "
-          f"fio {runtime} s per job over {size}, loop direct-io={dio}, storageos-fuse --threads {threads}; run {stamp}.")
+          f"fio {runtime} s per job over {size}, loop direct-io={dio}, storageos-fuse --threads {threads} --backing-io {backing_io}; run {stamp}.")
 for s in stacks:
     p = f"{out}/{s}-perf.txt"
     if os.path.exists(p):
@@ -296,7 +313,7 @@ for s in stacks:
 text = "\n".join(md) + "\n"
 print(text)
 open(dest + ".md", "w").write(text)
-json.dump({"stamp": stamp, "runtime_s": int(runtime), "size": size, "threads": int(threads),
+json.dump({"stamp": stamp, "runtime_s": int(runtime), "size": size, "threads": int(threads), "backing_io": backing_io,
            "loop_direct_io": dio, "load_before": load0, "load_after": load1, "kernel": kernel,
            "cpu": cpu, "cpus": int(ncpu), "stacks": res, "xts": xts},
           open(dest + ".json", "w"), indent=2)

@@ -200,6 +200,10 @@ fn misuse_on_a_fresh_node_touches_nothing() {
         (vec!["volume", "delete", "nope"], "nope"),
         (vec!["volume", "update", "nope", "--label", "a=b"], "nope"),
         (vec!["mount", "nope", "--background"], "nope"),
+        (
+            vec!["mount", "nope", "--backing-io", "sideways"],
+            "--backing-io",
+        ),
         (vec!["umount", "nope"], "nope"),
     ];
     for (args, expect) in &cases {

@@ -15,7 +15,7 @@ use std::fs;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use storageos_fuse::crypt::{SectorCipher, VolumeKey};
-use storageos_fuse::image::VolumeImage;
+use storageos_fuse::image::{AlignedBuf, BackingIo, VolumeImage};
 use storageos_fuse::keys::{KeySet, parse_manifests};
 
 struct Rng(u64);
@@ -275,16 +275,32 @@ fn image_run(seed: u64, sector: u32, encrypted: bool, ops: usize) -> u64 {
     fs::File::create(&path).unwrap().set_len(size).unwrap();
     let key = VolumeKey::generate();
     let cipher = || encrypted.then(|| SectorCipher::new(&key, sector as usize).unwrap());
-    let mut img = VolumeImage::open(&path, size, sector, cipher()).unwrap();
+    // Both backing modes, switching at each reopen: direct and buffered transfers of the
+    // same file must agree.
+    let mut direct = seed.is_multiple_of(2);
+    let mode = |direct: bool| {
+        if direct {
+            BackingIo::Direct
+        } else {
+            BackingIo::Buffered
+        }
+    };
+    let mut img = VolumeImage::open(&path, size, sector, cipher(), mode(direct)).unwrap();
+    let mut read_buf = AlignedBuf::new();
     let mut model = vec![0u8; size as usize];
     let mut verified = 0u64;
     let ctx = |what: &str| {
         format!("{what} (seed {seed}, sector {sector}, encrypted {encrypted}, size {size})")
     };
     for op in 0..ops {
-        // Offsets anywhere, including past the end; lengths up to three sectors.
-        let off = rng.below(size + sector as u64);
-        let len = rng.below(3 * sector as u64 + 2) as usize;
+        // Offsets anywhere, including past the end; lengths up to three sectors. One op in
+        // three is 4 KiB aligned, the shape that takes the O_DIRECT path.
+        let mut off = rng.below(size + sector as u64);
+        let mut len = rng.below(3 * sector as u64 + 2) as usize;
+        if rng.below(3) == 0 {
+            off = off / 4096 * 4096;
+            len = len.max(4096) / 4096 * 4096;
+        }
         match rng.below(10) {
             0..=4 => {
                 let data = common::pseudo_random(rng.next(), len);
@@ -321,8 +337,10 @@ fn image_run(seed: u64, sector: u32, encrypted: bool, ops: usize) -> u64 {
                 model[s as usize..(s + sector as u64) as usize].fill(0);
             }
             _ => {
-                let mut buf = vec![0xeeu8; len];
-                let n = img.read_at(off, &mut buf).unwrap();
+                // An aligned start, as the FUSE layer's reply buffer has.
+                let buf = read_buf.get(len);
+                buf.fill(0xee);
+                let n = img.read_at(off, buf).unwrap();
                 let want = if off >= size {
                     0
                 } else {
@@ -339,16 +357,17 @@ fn image_run(seed: u64, sector: u32, encrypted: bool, ops: usize) -> u64 {
         }
         if rng.below(200) == 0 {
             drop(img);
-            img = VolumeImage::open(&path, size, sector, cipher()).unwrap();
+            direct = !direct;
+            img = VolumeImage::open(&path, size, sector, cipher(), mode(direct)).unwrap();
         }
     }
     img.sync(false).unwrap();
     drop(img);
-    let img = VolumeImage::open(&path, size, sector, cipher()).unwrap();
-    let mut all = vec![0u8; size as usize];
-    assert_eq!(img.read_at(0, &mut all).unwrap(), size as usize);
+    let img = VolumeImage::open(&path, size, sector, cipher(), mode(!direct)).unwrap();
+    let all = read_buf.get(size as usize);
+    assert_eq!(img.read_at(0, all).unwrap(), size as usize);
     assert!(
-        all == model,
+        *all == *model,
         "{}",
         ctx("final image differs from the model")
     );

@@ -99,6 +99,11 @@ pub struct ServeArgs {
     /// Serve /healthz, /readyz and /metrics (Prometheus) over HTTP on IP:PORT, e.g. 0.0.0.0:9402 (off by default)
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
+    /// How the daemon reads and writes the backing file: `buffered` (through the page cache;
+    /// faster here, bench/RESULTS.md) or `direct` (O_DIRECT for aligned transfers: no second
+    /// cached copy of the volume, as ciphertext, beside the file system's own cache)
+    #[arg(long, value_enum, default_value_t = BackingIoArg::Buffered)]
+    pub backing_io: BackingIoArg,
 }
 
 #[derive(Debug, Subcommand)]
@@ -159,6 +164,26 @@ pub struct MountArgs {
     /// Let users other than root open the image (off by default)
     #[arg(long)]
     pub allow_other: bool,
+    /// How the daemon reads and writes the backing file: `buffered` (through the page cache;
+    /// faster here, bench/RESULTS.md) or `direct` (O_DIRECT for aligned transfers: no second
+    /// cached copy of the volume, as ciphertext, beside the file system's own cache)
+    #[arg(long, value_enum, default_value_t = BackingIoArg::Buffered)]
+    pub backing_io: BackingIoArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackingIoArg {
+    Buffered,
+    Direct,
+}
+
+impl From<BackingIoArg> for crate::image::BackingIo {
+    fn from(a: BackingIoArg) -> Self {
+        match a {
+            BackingIoArg::Direct => Self::Direct,
+            BackingIoArg::Buffered => Self::Buffered,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

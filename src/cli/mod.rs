@@ -104,6 +104,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 background: a.background,
                 threads: a.threads.clamp(1, 64),
                 allow_other: a.allow_other,
+                backing_io: a.backing_io.into(),
             },
         ),
         Command::Umount { target } => run_umount(&mgr, &target),
@@ -117,6 +118,7 @@ pub fn run(cli: Cli) -> Result<()> {
                     threads: a.threads.clamp(1, 64),
                     allow_other: a.allow_other,
                     listen: a.listen,
+                    backing_io: a.backing_io.into(),
                 },
             )
         }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use super::mounts;
 use crate::error::{Error, Result};
 use crate::fuse::{FsOptions, ImageFile, fuse_config};
-use crate::image::{ImageError, VolumeImage};
+use crate::image::{BackingIo, ImageError, VolumeImage};
 use crate::manager::Manager;
 use crate::volume::VolumeMeta;
 
@@ -31,6 +31,7 @@ pub struct MountRequest {
     pub background: bool,
     pub threads: usize,
     pub allow_other: bool,
+    pub backing_io: BackingIo,
 }
 
 pub fn default_mount_path(meta: &VolumeMeta) -> PathBuf {
@@ -55,7 +56,7 @@ pub fn run_mount(mgr: &Manager, req: &MountRequest) -> Result<()> {
     let cipher = mgr.cipher_for(&meta, &keys)?;
     drop(keys);
     let data = mgr.store.data_path(&meta.id);
-    let image = VolumeImage::open(&data, meta.size_bytes, meta.sector_size, cipher).map_err(|e| match e {
+    let image = VolumeImage::open(&data, meta.size_bytes, meta.sector_size, cipher, req.backing_io).map_err(|e| match e {
         ImageError::Locked { .. } => Error::Mount(format!(
             "volume {} is already served by another process (see `grep {} /proc/mounts`); run `storageos-fuse umount {}` first, or use its image under the running `serve` mount",
             meta.display_name(),

@@ -36,7 +36,7 @@ use notify::{RecursiveMode, Watcher};
 use super::{http, mounts, signals};
 use crate::error::{Error, Result};
 use crate::fuse::{FsOptions, RemoveError, VolumeTable, VolumeTree, fuse_config};
-use crate::image::{ImageError, VolumeImage};
+use crate::image::{BackingIo, ImageError, VolumeImage};
 use crate::keys::{self, Keyring};
 use crate::manager::Manager;
 use crate::volume::{VolumeMeta, VolumeStore};
@@ -60,6 +60,7 @@ pub struct ServeRequest {
     pub allow_other: bool,
     /// `--listen ADDR`: health and metrics endpoint (off when `None`).
     pub listen: Option<String>,
+    pub backing_io: BackingIo,
 }
 
 /// Serves until SIGTERM/SIGINT (or `umount DIR`) unmounts the tree.
@@ -131,6 +132,7 @@ pub fn run_serve(mgr: &Manager, keyring: Arc<Keyring>, req: &ServeRequest) -> Re
         table: table.clone(),
         notifier,
         noted: BTreeMap::new(),
+        backing_io: req.backing_io,
     };
     // A source that loads in the background (kube) gets a moment to deliver its first
     // snapshot, so encrypted volumes are not reported missing for nothing.
@@ -243,6 +245,7 @@ struct Scanner<'a> {
     notifier: fuser::Notifier,
     /// The last thing logged per volume (or listing issue), so a state is logged once.
     noted: BTreeMap<String, String>,
+    backing_io: BackingIo,
 }
 
 impl Scanner<'_> {
@@ -334,7 +337,13 @@ impl Scanner<'_> {
                 }
             };
             let data = self.mgr.store.data_path(&meta.id);
-            match VolumeImage::open(&data, meta.size_bytes, meta.sector_size, cipher) {
+            match VolumeImage::open(
+                &data,
+                meta.size_bytes,
+                meta.sector_size,
+                cipher,
+                self.backing_io,
+            ) {
                 Ok(image) => {
                     if self
                         .table

@@ -9,7 +9,7 @@ use fuser::{
     ReplyData, ReplyEmpty, ReplyWrite, SessionACL,
 };
 
-use crate::image::VolumeImage;
+use crate::image::{AlignedBuf, VolumeImage};
 
 /// Largest request the kernel sends us (with FUSE_MAX_PAGES): 1 MiB.
 pub const MAX_REQUEST: u32 = 1 << 20;
@@ -57,7 +57,7 @@ pub fn open_flags() -> FopenFlags {
 
 /// Large requests and readahead: fewer, bigger round trips to the daemon.
 pub fn tune_kernel(config: &mut KernelConfig) {
-    let _ = config.add_capabilities(InitFlags::FUSE_MAX_PAGES);
+    let _ = config.add_capabilities(InitFlags::FUSE_MAX_PAGES | InitFlags::FUSE_ASYNC_DIO);
     let _ = config.set_max_write(MAX_REQUEST);
     let _ = config.set_max_readahead(MAX_REQUEST);
     let _ = config.set_max_background(64);
@@ -88,19 +88,18 @@ pub fn file_attr(ino: INodeNo, size: u64, created: SystemTime) -> FileAttr {
 }
 
 thread_local! {
-    /// Per-worker reply buffer for reads, reused across requests (at most `MAX_REQUEST`).
-    /// `read_at` overwrites every byte it reports, so stale contents never reach a reply.
-    static READ_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// Per-worker reply buffer for reads, reused across requests (at most `MAX_REQUEST`),
+    /// aligned so the image can read into it with `O_DIRECT`. `read_at` overwrites every
+    /// byte it reports, so stale contents never reach a reply.
+    static READ_BUF: RefCell<AlignedBuf> = const { RefCell::new(AlignedBuf::new()) };
 }
 
 /// Serves a read; returns the bytes read, or `None` after an error reply.
 pub fn read(image: &VolumeImage, offset: u64, size: u32, reply: ReplyData) -> Option<usize> {
     let want = size.min(MAX_REQUEST) as usize;
     READ_BUF.with_borrow_mut(|buf| {
-        if buf.len() < want {
-            buf.resize(want, 0);
-        }
-        match image.read_at(offset, &mut buf[..want]) {
+        let buf = buf.get(want);
+        match image.read_at(offset, buf) {
             Ok(n) => {
                 reply.data(&buf[..n]);
                 Some(n)

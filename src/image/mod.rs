@@ -6,15 +6,19 @@
 //! plaintext is stored as zeros. Unencrypted volumes pass straight through. Owns the open
 //! backing file and its served-volume lock; knows nothing about FUSE.
 
+mod aligned;
+mod backing;
 mod rangelock;
 
 use std::cell::RefCell;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+pub use aligned::AlignedBuf;
+use backing::Backing;
+pub use backing::BackingIo;
 use rangelock::RangeLocks;
 
 use crate::crypt::SectorCipher;
@@ -36,7 +40,7 @@ pub enum ImageError {
 }
 
 pub struct VolumeImage {
-    file: File,
+    backing: Backing,
     size: u64,
     sector: u64,
     cipher: Option<SectorCipher>,
@@ -44,8 +48,9 @@ pub struct VolumeImage {
 }
 
 thread_local! {
-    /// Per-thread bounce buffer for ciphertext, reused across requests.
-    static BOUNCE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// Per-thread bounce buffer for ciphertext (aligned for `O_DIRECT`), reused across
+    /// requests.
+    static BOUNCE: RefCell<AlignedBuf> = const { RefCell::new(AlignedBuf::new()) };
 }
 
 fn is_zero(buf: &[u8]) -> bool {
@@ -67,17 +72,15 @@ impl VolumeImage {
         size: u64,
         sector_size: u32,
         cipher: Option<SectorCipher>,
+        io: BackingIo,
     ) -> Result<Self, ImageError> {
         let p = path.display().to_string();
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(|source| ImageError::Open {
-                path: p.clone(),
-                source,
-            })?;
-        match crate::volume::lock::try_lock(&file) {
+        let backing = Backing::open(path, io).map_err(|source| ImageError::Open {
+            path: p.clone(),
+            source,
+        })?;
+        let file = backing.file();
+        match crate::volume::lock::try_lock(file) {
             Ok(true) => {}
             Ok(false) => return Err(ImageError::Locked { path: p }),
             Err(source) => return Err(ImageError::Open { path: p, source }),
@@ -97,7 +100,7 @@ impl VolumeImage {
             });
         }
         Ok(Self {
-            file,
+            backing,
             size,
             sector: sector_size as u64,
             cipher,
@@ -130,7 +133,7 @@ impl VolumeImage {
         };
         let buf = &mut buf[..len];
         let Some(cipher) = &self.cipher else {
-            read_exact_at(&self.file, buf, offset)?;
+            self.backing.read_exact_at(buf, offset)?;
             return Ok(len);
         };
         let s = self.sector;
@@ -138,13 +141,13 @@ impl VolumeImage {
         let end = (offset + len as u64).div_ceil(s) * s;
         let _g = self.locks.read(start, end - start);
         if start == offset && end == offset + len as u64 {
-            read_exact_at(&self.file, buf, start)?;
+            self.backing.read_exact_at(buf, start)?;
             self.decrypt_sectors(cipher, buf, start);
             return Ok(len);
         }
         BOUNCE.with_borrow_mut(|bounce| {
-            let bounce = sized(bounce, (end - start) as usize);
-            read_exact_at(&self.file, bounce, start)?;
+            let bounce = bounce.get((end - start) as usize);
+            self.backing.read_exact_at(bounce, start)?;
             self.decrypt_sectors(cipher, bounce, start);
             let skip = (offset - start) as usize;
             buf.copy_from_slice(&bounce[skip..skip + len]);
@@ -187,6 +190,31 @@ impl VolumeImage {
         });
     }
 
+    /// `encrypt_sectors` from `src` into `dst`: zero sectors of `src` become zero sectors
+    /// of `dst`, runs of the others are encrypted across in one call each.
+    fn encrypt_sectors_to(&self, cipher: &SectorCipher, src: &[u8], dst: &mut [u8], start: u64) {
+        let s = self.sector as usize;
+        let first = start / self.sector;
+        let n = src.len() / s;
+        let mut i = 0;
+        while i < n {
+            let zero = is_zero(&src[i * s..(i + 1) * s]);
+            let mut j = i + 1;
+            while j < n && is_zero(&src[j * s..(j + 1) * s]) == zero {
+                j += 1;
+            }
+            let (from, to) = (&src[i * s..j * s], &mut dst[i * s..j * s]);
+            if zero {
+                to.fill(0);
+            } else {
+                cipher
+                    .encrypt_to(from, to, first + i as u64)
+                    .expect("whole sectors");
+            }
+            i = j;
+        }
+    }
+
     /// Writes `data` at `offset`. Writes past the end of the image fail with ENOSPC, as on
     /// a block device; a write that crosses the end is cut at the end.
     pub fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<usize> {
@@ -195,17 +223,23 @@ impl VolumeImage {
         };
         let data = &data[..len];
         let Some(cipher) = &self.cipher else {
-            self.file.write_all_at(data, offset)?;
-            return Ok(len);
+            return self.write_plain(data, offset).map(|()| len);
         };
         let s = self.sector;
         let start = offset / s * s;
         let end = (offset + len as u64).div_ceil(s) * s;
         let _g = self.locks.write(start, end - start);
         BOUNCE.with_borrow_mut(|bounce| {
-            let bounce = sized(bounce, (end - start) as usize);
+            let bounce = bounce.get((end - start) as usize);
             let head_partial = offset != start;
             let tail_partial = offset + len as u64 != end;
+            if !head_partial && !tail_partial {
+                // Whole sectors (what the loop device sends): encrypt straight from the
+                // request into the bounce buffer, no copy first.
+                self.encrypt_sectors_to(cipher, data, bounce, start);
+                self.backing.write_all_at(bounce, start)?;
+                return Ok(len);
+            }
             // Read-modify-write: only the partial edge sectors need their old contents.
             if head_partial {
                 self.read_plain_sector(cipher, &mut bounce[..s as usize], start)?;
@@ -217,14 +251,29 @@ impl VolumeImage {
             let skip = (offset - start) as usize;
             bounce[skip..skip + len].copy_from_slice(data);
             self.encrypt_sectors(cipher, bounce, start);
-            self.file.write_all_at(bounce, start)?;
+            self.backing.write_all_at(bounce, start)?;
             Ok(len)
+        })
+    }
+
+    /// Unencrypted write. FUSE hands us the data at an unaligned address, so direct mode
+    /// copies an aligned request into the aligned bounce buffer first.
+    fn write_plain(&self, data: &[u8], offset: u64) -> io::Result<()> {
+        let aligned = offset.is_multiple_of(aligned::ALIGN as u64)
+            && data.len().is_multiple_of(aligned::ALIGN);
+        if !self.backing.is_direct() || !aligned {
+            return self.backing.write_all_at(data, offset);
+        }
+        BOUNCE.with_borrow_mut(|bounce| {
+            let bounce = bounce.get(data.len());
+            bounce.copy_from_slice(data);
+            self.backing.write_all_at(bounce, offset)
         })
     }
 
     fn read_plain_sector(&self, cipher: &SectorCipher, out: &mut [u8], at: u64) -> io::Result<()> {
         let out = &mut out[..self.sector as usize];
-        read_exact_at(&self.file, out, at)?;
+        self.backing.read_exact_at(out, at)?;
         if !is_zero(out) {
             cipher.decrypt(out, at / self.sector).expect("whole sector");
         }
@@ -241,7 +290,7 @@ impl VolumeImage {
         let end = offset + len;
         if self.cipher.is_none() {
             return fallocate(
-                &self.file,
+                self.backing.file(),
                 libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
                 offset,
                 len,
@@ -262,7 +311,7 @@ impl VolumeImage {
         }
         let _g = self.locks.write(first_whole, last_whole - first_whole);
         fallocate(
-            &self.file,
+            self.backing.file(),
             libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
             first_whole,
             last_whole - first_whole,
@@ -275,7 +324,7 @@ impl VolumeImage {
             return Ok(());
         }
         fallocate(
-            &self.file,
+            self.backing.file(),
             libc::FALLOC_FL_KEEP_SIZE,
             offset,
             len.min(self.size - offset),
@@ -286,9 +335,9 @@ impl VolumeImage {
     /// stable storage.
     pub fn sync(&self, datasync: bool) -> io::Result<()> {
         if datasync {
-            self.file.sync_data()
+            self.backing.file().sync_data()
         } else {
-            self.file.sync_all()
+            self.backing.file().sync_all()
         }
     }
 
@@ -296,27 +345,6 @@ impl VolumeImage {
     pub fn check_offset(offset: i64) -> io::Result<u64> {
         u64::try_from(offset).map_err(|_| einval())
     }
-}
-
-/// The first `len` bytes of a reused buffer, growing it (never shrinking, never
-/// re-zeroing what is already there: every caller overwrites the bytes it uses).
-fn sized(buf: &mut Vec<u8>, len: usize) -> &mut [u8] {
-    if buf.len() < len {
-        buf.resize(len, 0);
-    }
-    &mut buf[..len]
-}
-
-/// Reads exactly `buf.len()` bytes; a short read means the backing file shrank behind our
-/// back, which is an I/O error, never silently zeros.
-fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
-    file.read_exact_at(buf, offset).map_err(|e| {
-        if e.kind() == io::ErrorKind::UnexpectedEof {
-            io::Error::from_raw_os_error(libc::EIO)
-        } else {
-            e
-        }
-    })
 }
 
 fn fallocate(file: &File, mode: i32, offset: u64, len: u64) -> io::Result<()> {
