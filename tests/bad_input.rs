@@ -315,7 +315,12 @@ fn misuse_of_existing_volumes_touches_nothing() {
         &[
             "volume",
             "inspect",
-            &enc.replace('a', "b").replace('1', "2"),
+            // The id with its first digit changed: well-formed, but no such volume.
+            &format!(
+                "{}{}",
+                if enc.starts_with('0') { '1' } else { '0' },
+                &enc[1..]
+            ),
         ],
         "not found",
     );
