@@ -3,8 +3,8 @@
 //! keys and data (seed printed, `XTS_ORACLE_SEED=N` replays), both sector sizes, buffers
 //! of one to many sectors (crossing the kernels' batch and padding boundaries, and leaving
 //! a short last group), sector indexes past 2^32 and 2^63, in place and `encrypt_to`.
-//! Both kernels run: the default one (VAES on a CPU with avx2+vaes+aes, which is asserted
-//! to be chosen there) and the portable one.
+//! Both kernels run: the default one (VAES on a CPU with avx2, vaes, aes and vpclmulqdq,
+//! which is asserted to be chosen there) and the portable one.
 
 mod common;
 
@@ -79,14 +79,15 @@ fn firsts(seed: u64) -> Vec<u64> {
 /// tweak batches, with a short last batch.
 const COUNTS: [usize; 9] = [1, 2, 3, 7, 16, 17, 64, 65, 131];
 
-/// The default cipher and the portable one for this key. On a CPU with avx2, vaes and aes
-/// the default must be the VAES kernel.
+/// The default cipher and the portable one for this key. On a CPU with avx2, vaes, aes and
+/// vpclmulqdq the default must be the VAES kernel.
 fn ciphers(vk: &VolumeKey, sector: usize) -> [SectorCipher; 2] {
     let default = SectorCipher::new(vk, sector).unwrap();
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx2")
         && is_x86_feature_detected!("vaes")
         && is_x86_feature_detected!("aes")
+        && is_x86_feature_detected!("vpclmulqdq")
     {
         assert_eq!(default.kernel_name(), "vaes", "{default:?}");
     }

@@ -21,9 +21,9 @@ use core::arch::x86_64::{
     __m128i, __m256i, _mm_aesimc_si128, _mm_aeskeygenassist_si128, _mm_loadu_si128,
     _mm_setzero_si128, _mm_shuffle_epi32, _mm_slli_si128, _mm_storeu_si128, _mm_xor_si128,
     _mm256_aesdec_epi128, _mm256_aesdeclast_epi128, _mm256_aesenc_epi128, _mm256_aesenclast_epi128,
-    _mm256_bslli_epi128, _mm256_bsrli_epi128, _mm256_castsi256_si128, _mm256_extracti128_si256,
-    _mm256_loadu_si256, _mm256_set_epi64x, _mm256_set_m128i, _mm256_slli_epi64,
-    _mm256_storeu_si256, _mm256_xor_si256,
+    _mm256_bslli_epi128, _mm256_bsrli_epi128, _mm256_castsi256_si128, _mm256_clmulepi64_epi128,
+    _mm256_extracti128_si256, _mm256_loadu_si256, _mm256_set_epi64x, _mm256_set_m128i,
+    _mm256_setzero_si256, _mm256_storeu_si256, _mm256_xor_si256,
 };
 
 use zeroize::{Zeroize, ZeroizeOnDrop};
@@ -83,6 +83,7 @@ impl VaesXts {
         is_x86_feature_detected!("avx2")
             && is_x86_feature_detected!("vaes")
             && is_x86_feature_detected!("aes")
+            && is_x86_feature_detected!("vpclmulqdq")
     }
 
     /// Expands both halves of an XTS-AES-256 key, or `None` when the CPU lacks avx2,
@@ -127,7 +128,7 @@ impl VaesXts {
 
     /// The XTS pass: `dst` holds whole sectors of `sector_size` (a multiple of
     /// [`GROUP`]); the input is `src` when given (same length), else `dst` itself.
-    #[target_feature(enable = "avx2,vaes,aes")]
+    #[target_feature(enable = "avx2,vaes,aes,vpclmulqdq")]
     fn crypt<const ENC: bool>(
         &self,
         src: Option<&[u8]>,
@@ -155,7 +156,7 @@ impl VaesXts {
 
 /// Loads a schedule's round keys into ymm registers (the compiler spills what does not
 /// fit and folds those loads into the AES instructions).
-#[target_feature(enable = "avx2,vaes,aes")]
+#[target_feature(enable = "avx2,vaes,aes,vpclmulqdq")]
 #[inline]
 fn load_schedule(s: &Schedule) -> [__m256i; ROUNDS + 1] {
     core::array::from_fn(|r| {
@@ -167,7 +168,7 @@ fn load_schedule(s: &Schedule) -> [__m256i; ROUNDS + 1] {
 
 /// E_K2(index + k) for k in 0..START_BATCH, as 128-bit little-endian sector numbers
 /// (the index wraps like the u64 it is).
-#[target_feature(enable = "avx2,vaes,aes")]
+#[target_feature(enable = "avx2,vaes,aes,vpclmulqdq")]
 #[inline]
 fn start_tweaks(k: &[__m256i; ROUNDS + 1], index: u64) -> [__m128i; START_BATCH] {
     let mut t: [__m256i; REGS] = core::array::from_fn(|j| {
@@ -176,10 +177,12 @@ fn start_tweaks(k: &[__m256i; ROUNDS + 1], index: u64) -> [__m128i; START_BATCH]
         _mm256_xor_si256(_mm256_set_epi64x(0, hi as i64, 0, lo as i64), k[0])
     });
     for key in &k[1..ROUNDS] {
+        lockstep(&mut t);
         for x in &mut t {
             *x = _mm256_aesenc_epi128(*x, *key);
         }
     }
+    lockstep(&mut t);
     for x in &mut t {
         *x = _mm256_aesenclast_epi128(*x, k[ROUNDS]);
     }
@@ -193,24 +196,24 @@ fn start_tweaks(k: &[__m256i; ROUNDS + 1], index: u64) -> [__m128i; START_BATCH]
     })
 }
 
-/// Multiplies both 128-bit lanes by alpha^16 in GF(2^128) (IEEE 1619 little-endian
-/// convention): shift each lane left by two bytes and fold the 16 bits shifted out back
-/// in times x^128 = x^7 + x^2 + x + 1 (at most 23 bits, so no second reduction).
-#[target_feature(enable = "avx2,vaes,aes")]
+/// Multiplies both 128-bit lanes by alpha^(8 * BYTES) in GF(2^128) (IEEE 1619
+/// little-endian convention): shift each lane left by BYTES bytes and fold the bits
+/// shifted out (the top `SHR` = 16 - BYTES bytes moved down, at most 16 bits) back in
+/// times x^128 = x^7 + x^2 + x + 1 with one carry-less multiply (at most 23 bits, so no
+/// second reduction).
+#[target_feature(enable = "avx2,vaes,aes,vpclmulqdq")]
 #[inline]
-fn mul_alpha16(t: __m256i) -> __m256i {
-    let c = _mm256_bsrli_epi128::<14>(t);
-    let m = _mm256_xor_si256(
-        _mm256_xor_si256(c, _mm256_slli_epi64::<1>(c)),
-        _mm256_xor_si256(_mm256_slli_epi64::<2>(c), _mm256_slli_epi64::<7>(c)),
-    );
-    _mm256_xor_si256(_mm256_bslli_epi128::<2>(t), m)
+fn mul_alpha_bytes<const BYTES: i32, const SHR: i32>(t: __m256i) -> __m256i {
+    debug_assert!(BYTES + SHR == 16 && BYTES <= 2);
+    let c = _mm256_bsrli_epi128::<SHR>(t);
+    let m = _mm256_clmulepi64_epi128::<0x00>(c, _mm256_set_epi64x(0, 0x87, 0, 0x87));
+    _mm256_xor_si256(_mm256_bslli_epi128::<BYTES>(t), m)
 }
 
 /// One sector: tweaks T0..T15 from the start tweak by doubling, then per group of 16
 /// blocks XOR, 14 rounds (the last one XORing the tweak in with its round key), and the
 /// tweaks of the next group by alpha^16.
-#[target_feature(enable = "avx2,vaes,aes")]
+#[target_feature(enable = "avx2,vaes,aes,vpclmulqdq")]
 #[inline]
 fn sector<const ENC: bool>(
     k: &[__m256i; ROUNDS + 1],
@@ -218,20 +221,24 @@ fn sector<const ENC: bool>(
     src: Option<&[u8]>,
     dst: &mut [u8],
 ) {
+    // T0..T7 by serial doubling, T8..T15 from them by alpha^8 (two short chains).
     let mut t = start;
-    let mut tw: [__m256i; REGS] = core::array::from_fn(|_| {
+    let mut tw = [_mm256_setzero_si256(); REGS];
+    let (low, high) = tw.split_at_mut(REGS / 2);
+    for (l, h) in low.iter_mut().zip(high) {
         let a = t;
         let b = mul_alpha(a);
         t = mul_alpha(b);
-        _mm256_set_m128i(b, a)
-    });
+        *l = _mm256_set_m128i(b, a);
+        *h = mul_alpha_bytes::<1, 15>(*l);
+    }
     let src_groups = src.map(|s| s.as_chunks::<GROUP>().0);
     let (dst_groups, rest) = dst.as_chunks_mut::<GROUP>();
     debug_assert!(rest.is_empty());
     for (g, d) in dst_groups.iter_mut().enumerate() {
         if g > 0 {
             for x in &mut tw {
-                *x = mul_alpha16(*x);
+                *x = mul_alpha_bytes::<2, 14>(*x);
             }
         }
         let input: &[u8; GROUP] = match src_groups {
@@ -246,6 +253,7 @@ fn sector<const ENC: bool>(
             _mm256_xor_si256(v, _mm256_xor_si256(tw[j], k[0]))
         });
         for key in &k[1..ROUNDS] {
+            lockstep(&mut x);
             for v in &mut x {
                 *v = if ENC {
                     _mm256_aesenc_epi128(*v, *key)
@@ -254,6 +262,7 @@ fn sector<const ENC: bool>(
                 };
             }
         }
+        lockstep(&mut x);
         for (j, v) in x.iter().enumerate() {
             let last = _mm256_xor_si256(k[ROUNDS], tw[j]);
             let out = if ENC {
@@ -266,6 +275,33 @@ fn sector<const ENC: bool>(
             // no alignment requirement; the CPU supports avx2.
             unsafe { _mm256_storeu_si256(d.as_mut_ptr().add(32 * j).cast(), out) }
         }
+    }
+}
+
+/// Keeps the registers of one group in lockstep, round by round: an empty asm statement
+/// that takes and returns all of them. Without it the compiler regroups the rounds
+/// register by register (to free registers for the round keys), which leaves one 4-cycle
+/// dependency chain at a time in flight and the AES units mostly idle.
+#[target_feature(enable = "avx2,vaes,aes,vpclmulqdq")]
+#[inline]
+fn lockstep(x: &mut [__m256i; REGS]) {
+    let [a, b, c, d, e, f, g, h] = x;
+    // SAFETY: the asm template is empty: it executes no instruction and leaves every
+    // register unchanged; it touches no memory, stack or flags (as declared), and the
+    // ymm registers it names are available since the CPU supports avx2.
+    unsafe {
+        core::arch::asm!(
+            "/* {0} {1} {2} {3} {4} {5} {6} {7} */",
+            inout(ymm_reg) * a,
+            inout(ymm_reg) * b,
+            inout(ymm_reg) * c,
+            inout(ymm_reg) * d,
+            inout(ymm_reg) * e,
+            inout(ymm_reg) * f,
+            inout(ymm_reg) * g,
+            inout(ymm_reg) * h,
+            options(nomem, nostack, preserves_flags),
+        )
     }
 }
 
