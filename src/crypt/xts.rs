@@ -4,15 +4,15 @@
 //!
 //! Owns the public sector cipher ([`SectorCipher`]: argument checks, errors, the choice of
 //! kernel at construction) and the portable kernel. Two kernels, chosen once per cipher:
-//! - on x86_64 with avx2, vaes and aes (e.g. AMD Zen 3), `super::vaes` (VAES on 256-bit
-//!   registers, 16 blocks per iteration; it owns its own round keys);
+//! - on x86_64 with avx2, vaes, aes and vpclmulqdq (e.g. AMD Zen 3), `super::vaes` (VAES
+//!   on 256-bit registers, 16 blocks per iteration; it owns its own round keys);
 //! - everywhere else, the portable kernel below, on the `aes` crate's key schedules.
 //!
-//! The portable kernel runs inside the `aes` crate's backend (`encrypt_with_backend`), so it
-//! is fed the widest parallel block API the CPU has (AES-NI 8 blocks; the crate's VAES
-//! backends need AVX-512), detected at run time: the start tweaks of up to [`TWEAK_BATCH`] sectors are encrypted
-//! in one parallel call, then the data blocks of all those sectors flow through the
-//! backend in groups of its parallel width, each group's tweaks generated on the fly by
+//! The portable kernel runs inside the `aes` crate's backend (`encrypt_with_backend`), so
+//! it is fed the widest parallel block API the CPU has (AES-NI 8 blocks; the crate's VAES
+//! backends need AVX-512), detected at run time: the start tweaks of up to
+//! [`TWEAK_BATCH`] sectors are encrypted in one parallel call, then the data blocks of all
+//! those sectors flow through the backend in groups of its parallel width, each group's tweaks generated on the fly by
 //! doubling in GF(2^128), XORed in place before and after. Only the last group of a
 //! buffer is padded, never a serial tail per sector.
 //! `xts-mode` and OpenSSL are the test oracles that prove the default kernel equal to the
@@ -54,7 +54,7 @@ pub struct SectorCipher {
 
 /// The XTS kernel a cipher runs, chosen once at construction.
 enum Kernel {
-    /// VAES on ymm registers (x86_64 with avx2, vaes and aes).
+    /// VAES on ymm registers (x86_64 with avx2, vaes, aes and vpclmulqdq).
     #[cfg(target_arch = "x86_64")]
     Vaes(Box<super::vaes::VaesXts>),
     /// The `aes` crate's backend (AES-NI, or its software fallback).
@@ -81,7 +81,8 @@ impl std::fmt::Debug for SectorCipher {
 /// Tweak arithmetic on one 128-bit lane. On x86_64 the tweak lives in an SSE register
 /// (SSE2 is part of the baseline target, so this needs no run-time detection): doubling is
 /// OpenSSL's shuffle/shift/mask sequence and XOR is one `pxor`, so tweaks never bounce
-/// through general registers between the AES rounds.
+/// through general registers between the AES rounds. `super::vaes` uses the doubling for
+/// the first tweaks of each sector.
 #[cfg(target_arch = "x86_64")]
 pub(super) mod lane {
     use super::Block;
@@ -276,8 +277,8 @@ impl BlockCipherDecClosure for DecPass<'_> {
 }
 
 impl SectorCipher {
-    /// The fastest kernel this CPU runs: VAES when it has avx2, vaes and aes, else the
-    /// portable one.
+    /// The fastest kernel this CPU runs: VAES when it has avx2, vaes, aes and vpclmulqdq,
+    /// else the portable one.
     pub fn new(key: &VolumeKey, sector_size: usize) -> Result<Self, XtsError> {
         Self::check_sector_size(sector_size)?;
         #[cfg(target_arch = "x86_64")]
@@ -579,7 +580,9 @@ mod tests {
         #[cfg(not(target_arch = "x86_64"))]
         let vaes = false;
         if !vaes {
-            eprintln!("note: this CPU lacks avx2/vaes/aes; only the portable kernel runs");
+            eprintln!(
+                "note: this CPU lacks avx2/vaes/aes/vpclmulqdq; only the portable kernel runs"
+            );
             return;
         }
         let mut seed = [0u8; 8];
