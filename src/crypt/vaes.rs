@@ -144,8 +144,8 @@ impl VaesXts {
     ) {
         assert!(sector_size > 0 && sector_size.is_multiple_of(GROUP));
         assert!(dst.len().is_multiple_of(sector_size));
-        let keys = load_schedule(if ENC { &self.enc } else { &self.dec });
-        let tweak_keys = load_schedule(&self.tweak);
+        let mut keys = load_schedule(if ENC { &self.enc } else { &self.dec });
+        let mut tweak_keys = load_schedule(&self.tweak);
         let batch = START_BATCH * sector_size;
         let mut index = first;
         for (b, dst_batch) in dst.chunks_mut(batch).enumerate() {
@@ -157,6 +157,9 @@ impl VaesXts {
                 sector::<ENC>(&keys, starts[i], src_sector, dst_sector);
             }
         }
+        // The round keys were copied to this stack frame (ymm spill slots aside).
+        keys.zeroize();
+        tweak_keys.zeroize();
     }
 }
 
