@@ -163,8 +163,8 @@ impl VaesXts {
     }
 }
 
-/// Loads a schedule's round keys into ymm registers (the compiler spills what does not
-/// fit and folds those loads into the AES instructions).
+/// Loads a schedule's round keys into ymm registers (the compiler keeps what does not fit
+/// in the stack frame and reloads it per round).
 #[target_feature(enable = "avx2,vaes,aes,vpclmulqdq")]
 #[inline]
 fn load_schedule(s: &Schedule) -> [__m256i; ROUNDS + 1] {
@@ -207,9 +207,9 @@ fn start_tweaks(k: &[__m256i; ROUNDS + 1], index: u64) -> [__m128i; START_BATCH]
 
 /// Multiplies both 128-bit lanes by alpha^(8 * BYTES) in GF(2^128) (IEEE 1619
 /// little-endian convention): shift each lane left by BYTES bytes and fold the bits
-/// shifted out (the top `SHR` = 16 - BYTES bytes moved down, at most 16 bits) back in
-/// times x^128 = x^7 + x^2 + x + 1 with one carry-less multiply (at most 23 bits, so no
-/// second reduction).
+/// shifted out (the top BYTES bytes, moved down by `SHR` = 16 - BYTES bytes; at most 16
+/// bits) back in times x^128 = x^7 + x^2 + x + 1 with one carry-less multiply (at most 23
+/// bits, so no second reduction).
 #[target_feature(enable = "avx2,vaes,aes,vpclmulqdq")]
 #[inline]
 fn mul_alpha_bytes<const BYTES: i32, const SHR: i32>(t: __m256i) -> __m256i {
