@@ -1,8 +1,10 @@
 //! The fast XTS kernel (`crypt::SectorCipher`) against two independent implementations:
 //! OpenSSL's EVP `aes-256-xts` (IV = le128(sector index)) and the `xts-mode` crate. Random
 //! keys and data (seed printed, `XTS_ORACLE_SEED=N` replays), both sector sizes, buffers
-//! of one to many sectors (crossing the kernel's batch and padding boundaries), and
-//! sector indexes past 2^32 and 2^63.
+//! of one to many sectors (crossing the kernels' batch and padding boundaries, and leaving
+//! a short last group), sector indexes past 2^32 and 2^63, in place and `encrypt_to`.
+//! Both kernels run: the default one (VAES on a CPU with avx2, vaes, aes and vpclmulqdq,
+//! which is asserted to be chosen there) and the portable one.
 
 mod common;
 
@@ -73,8 +75,26 @@ fn firsts(seed: u64) -> Vec<u64> {
     ]
 }
 
-/// Sector counts: one, a few, and across the 64-sector tweak batch.
-const COUNTS: [usize; 6] = [1, 2, 7, 64, 65, 131];
+/// Sector counts: one, a few, and across the 16-sector (VAES) and 64-sector (portable)
+/// tweak batches, with a short last batch.
+const COUNTS: [usize; 9] = [1, 2, 3, 7, 16, 17, 64, 65, 131];
+
+/// The default cipher and the portable one for this key. On a CPU with avx2, vaes, aes and
+/// vpclmulqdq the default must be the VAES kernel.
+fn ciphers(vk: &VolumeKey, sector: usize) -> [SectorCipher; 2] {
+    let default = SectorCipher::new(vk, sector).unwrap();
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("vaes")
+        && is_x86_feature_detected!("aes")
+        && is_x86_feature_detected!("vpclmulqdq")
+    {
+        assert_eq!(default.kernel_name(), "vaes", "{default:?}");
+    }
+    let portable = SectorCipher::new_portable(vk, sector).unwrap();
+    assert_eq!(portable.kernel_name(), "portable");
+    [default, portable]
+}
 
 #[test]
 fn encrypt_equals_openssl_and_xts_mode() {
@@ -85,21 +105,21 @@ fn encrypt_equals_openssl_and_xts_mode() {
                 let s = seed.wrapping_add((case * 1000 + count + sector) as u64);
                 let (raw, vk) = key(s);
                 let plain = common::pseudo_random(s ^ 0xda7a, sector * count);
-                let mut ours = plain.clone();
-                SectorCipher::new(&vk, sector)
-                    .unwrap()
-                    .encrypt(&mut ours, first)
-                    .unwrap();
-                let ctx = format!("seed {seed}, sector {sector}, first {first:#x}, count {count}");
-                assert!(ours != plain, "{ctx}: encryption changed nothing");
+                let want = openssl(&raw, first, &plain, sector, Mode::Encrypt);
                 assert!(
-                    ours == openssl(&raw, first, &plain, sector, Mode::Encrypt),
-                    "{ctx}: differs from OpenSSL aes-256-xts"
+                    want == xts_mode(&raw, first, &plain, sector, true),
+                    "seed {seed}: OpenSSL and xts-mode differ (oracle self-check)"
                 );
-                assert!(
-                    ours == xts_mode(&raw, first, &plain, sector, true),
-                    "{ctx}: differs from xts-mode"
-                );
+                for c in ciphers(&vk, sector) {
+                    let ctx = format!("seed {seed}, {c:?}, first {first:#x}, count {count}");
+                    let mut ours = plain.clone();
+                    c.encrypt(&mut ours, first).unwrap();
+                    assert!(ours != plain, "{ctx}: encryption changed nothing");
+                    assert!(ours == want, "{ctx}: differs from OpenSSL and xts-mode");
+                    let mut out = vec![0x5au8; plain.len()];
+                    c.encrypt_to(&plain, &mut out, first).unwrap();
+                    assert!(out == want, "{ctx}: encrypt_to differs from OpenSSL");
+                }
             }
         }
     }
@@ -116,18 +136,17 @@ fn decrypt_inverts_openssl_and_xts_mode() {
                 let plain = common::pseudo_random(s ^ 0x1dea, sector * count);
                 let ctx = format!("seed {seed}, sector {sector}, first {first:#x}, count {count}");
                 let ct = openssl(&raw, first, &plain, sector, Mode::Encrypt);
-                let mut ours = ct.clone();
-                SectorCipher::new(&vk, sector)
-                    .unwrap()
-                    .decrypt(&mut ours, first)
-                    .unwrap();
+                for c in ciphers(&vk, sector) {
+                    let mut ours = ct.clone();
+                    c.decrypt(&mut ours, first).unwrap();
+                    assert!(
+                        ours == plain,
+                        "{ctx}, {c:?}: does not decrypt OpenSSL's ciphertext"
+                    );
+                }
                 assert!(
-                    ours == plain,
-                    "{ctx}: does not decrypt OpenSSL's ciphertext"
-                );
-                assert!(
-                    ours == xts_mode(&raw, first, &ct, sector, false),
-                    "{ctx}: differs from xts-mode decryption"
+                    plain == xts_mode(&raw, first, &ct, sector, false),
+                    "{ctx}: xts-mode decryption differs (oracle self-check)"
                 );
                 assert!(
                     openssl(&raw, first, &ct, sector, Mode::Decrypt) == plain,
@@ -142,13 +161,14 @@ fn decrypt_inverts_openssl_and_xts_mode() {
 fn sectors_past_2_pow_32_do_not_wrap() {
     // Sector 2^32 + 5 must not be encrypted like sector 5 (a 32-bit IV would wrap).
     let (_, vk) = key(seed());
-    let c = SectorCipher::new(&vk, 4096).unwrap();
-    let plain = common::pseudo_random(42, 4096);
-    let mut low = plain.clone();
-    let mut high = plain.clone();
-    c.encrypt(&mut low, 5).unwrap();
-    c.encrypt(&mut high, (1 << 32) + 5).unwrap();
-    assert_ne!(low, high);
+    for c in ciphers(&vk, 4096) {
+        let plain = common::pseudo_random(42, 4096);
+        let mut low = plain.clone();
+        let mut high = plain.clone();
+        c.encrypt(&mut low, 5).unwrap();
+        c.encrypt(&mut high, (1 << 32) + 5).unwrap();
+        assert_ne!(low, high, "{c:?}");
+    }
 }
 
 #[test]

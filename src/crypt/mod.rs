@@ -9,6 +9,8 @@ mod bench;
 mod hierarchy;
 mod key;
 mod random;
+#[cfg(target_arch = "x86_64")]
+mod vaes;
 mod xts;
 
 pub use bench::{XtsBenchmark, benchmark_xts};
