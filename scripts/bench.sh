@@ -9,7 +9,8 @@
 # Prints a table with the ratios d/b, d/c, d/a and the daemons' peak RSS (VmHWM), and
 # writes bench/results/<stamp>.json and .md. Needs root (loop devices, FUSE mounts).
 #
-# Usage: scripts/bench.sh            environment: RUNTIME=12 (s per job), SIZE=1G,
+# Usage: scripts/bench.sh            environment: RUNTIME=10 (s per job), SIZE=1G,
+#                                    MIRROR=1 (two passes, a b c d d c b a; 0: one pass),
 #                                    THREADS=8 (storageos-fuse workers), LOOP_DIO=on|off,
 #                                    BACKING_IO=buffered|direct (storageos-fuse --backing-io),
 #                                    STACKS="a b c d", JOBS="seqwrite seqread randread randrw lat",
@@ -20,12 +21,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
-RUNTIME=${RUNTIME:-12}
+RUNTIME=${RUNTIME:-10}
 SIZE=${SIZE:-1G}
 THREADS=${THREADS:-8}
 BACKING_IO=${BACKING_IO:-buffered}
 LOOP_DIO=${LOOP_DIO:-on}
 STACKS=${STACKS:-a b c d}
+MIRROR=${MIRROR:-1}
+# Every stack runs twice, in mirrored order (a b c d d c b a), and the table shows the mean
+# of its two passes: the stack that runs later was measured at a disadvantage (by up to 30%
+# on random read/write), and mirroring cancels that drift between the stacks compared.
+ORDER=$STACKS
+if [ "$MIRROR" = 1 ]; then ORDER="$STACKS $(printf '%s\n' $STACKS | tac | xargs)"; fi
 JOBS=${JOBS:-seqwrite seqread randread randrw lat}
 PROFILE=${PROFILE:-0}
 
@@ -129,13 +136,17 @@ hwm_kib() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; 
 echo "== load before: $(cut -d' ' -f1-3 /proc/loadavg), scratch $WORK, $RUNTIME s per job, loop direct-io=$LOOP_DIO"
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 
-for s in $STACKS; do
+declare -A PASSES=()
+for s in $ORDER; do
+  PASSES[$s]=$(( ${PASSES[$s]:-0} + 1 ))
+  tag=$s.p${PASSES[$s]}   # results of this pass: $OUT/<tag>-<job>.json
+  echo "== pass ${PASSES[$s]} of ($s)"
   case $s in
   a)
     echo "== (a) loop on a plain sparse file"
     truncate -s "$SIZE" "$WORK/plain.img"
     attach "$WORK/plain.img"
-    run_jobs a "$dev"
+    run_jobs "$tag" "$dev"
     detach_last
     rm -f "$WORK/plain.img"
     ;;
@@ -155,8 +166,8 @@ for s in $STACKS; do
     MOUNTS+=("$WORK/peer.img")
     wait_mounted "$WORK/peer.img" "$pid"
     attach "$WORK/peer.img"
-    run_jobs b "$dev" "$pid"
-    echo "$(hwm_kib "$pid")" >"$OUT/b-hwm"
+    run_jobs "$tag" "$dev" "$pid"
+    echo "$(hwm_kib "$pid")" >"$OUT/$tag-hwm"
     detach_last
     kill "$pid"; wait "$pid" 2>/dev/null || true
     rm -f "$WORK/peer.luks"
@@ -169,7 +180,7 @@ for s in $STACKS; do
     "$BIN" --data-dir "$data" volume create "bench/vol-$s" --size "$SIZE" "${labels[@]}" >/dev/null
     touch "$WORK/$s.img"
     "$BIN" --data-dir "$data" mount "bench/vol-$s" --at "$WORK/$s.img" --threads "$THREADS" \
-      --backing-io "$BACKING_IO" >"$OUT/$s-daemon.log" 2>&1 &
+      --backing-io "$BACKING_IO" >"$OUT/$tag-daemon.log" 2>&1 &
     pid=$!
     PIDS+=("$pid")
     MOUNTS+=("$WORK/$s.img")
@@ -177,16 +188,16 @@ for s in $STACKS; do
     attach "$WORK/$s.img"
     perf_pid=
     if [ "$PROFILE" = 1 ]; then
-      perf record -q -g -p "$pid" -o "$OUT/$s-perf.data" >/dev/null 2>&1 &
+      perf record -q -g -p "$pid" -o "$OUT/$tag-perf.data" >/dev/null 2>&1 &
       perf_pid=$!
     fi
-    run_jobs "$s" "$dev" "$pid"
-    echo "$(hwm_kib "$pid")" >"$OUT/$s-hwm"
+    run_jobs "$tag" "$dev" "$pid"
+    echo "$(hwm_kib "$pid")" >"$OUT/$tag-hwm"
     if [ -n "$perf_pid" ]; then
       kill -INT "$perf_pid" 2>/dev/null || true
       wait "$perf_pid" 2>/dev/null || true
-      perf report -i "$OUT/$s-perf.data" --no-children --sort dso,sym --stdio 2>/dev/null \
-        | grep -E '^ +[0-9]' | head -15 >"$OUT/$s-perf.txt" || true
+      perf report -i "$OUT/$tag-perf.data" --no-children --sort dso,sym --stdio 2>/dev/null \
+        | grep -E '^ +[0-9]' | head -15 >"$OUT/$tag-perf.txt" || true
     fi
     detach_last
     kill "$pid"; wait "$pid" 2>/dev/null || true
@@ -205,20 +216,20 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
 python3 - "$OUT" "$ROOT/bench/results/$STAMP" "$(getconf CLK_TCK)" "$STAMP" "$RUNTIME" "$SIZE" "$THREADS" "$LOOP_DIO" \
   "$LOAD_BEFORE" "$LOAD_AFTER" "$STACKS" "$(uname -r)" "$(nproc)" \
-  "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" "$BACKING_IO" <<'PY'
+  "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" "$BACKING_IO" "$ORDER" <<'PY'
 import json, os, sys
-out, dest, hz, stamp, runtime, size, threads, dio, load0, load1, stacks, kernel, ncpu, cpu, backing_io = sys.argv[1:]
+out, dest, hz, stamp, runtime, size, threads, dio, load0, load1, stacks, kernel, ncpu, cpu, backing_io, order = sys.argv[1:]
 stacks = stacks.split()
 MiB = 1024 * 1024
 
-def job(s, j):
+def job(s, j):  # s: "<stack>.p<N>"
     p = f"{out}/{s}-{j}.json"
     if not os.path.exists(p):
         return None
     return json.load(open(p))["jobs"][0]
 
-res = {}
-for s in stacks:
+def metrics(s):
+    """The figures of one pass (`s` = "<stack>.p<N>")."""
     r = {}
     # Daemon CPU (user+system) per unit of work: robust when other work shares the CPUs.
     def cpu_of(j):
@@ -254,6 +265,22 @@ for s in stacks:
     hwm = f"{out}/{s}-hwm"
     if os.path.exists(hwm):
         r["daemon_peak_rss_mib"] = int(open(hwm).read().strip() or 0) / 1024
+    return r
+
+res = {}
+per_pass = {}
+for s in stacks:
+    passes = []
+    n = 1
+    while any(f.startswith(f"{s}.p{n}-") for f in os.listdir(out)):
+        passes.append(metrics(f"{s}.p{n}"))
+        n += 1
+    per_pass[s] = passes
+    # The mean of the passes (peak RSS: the largest).
+    r = {}
+    for key in set().union(*passes) if passes else []:
+        vals = [p[key] for p in passes if key in p]
+        r[key] = max(vals) if key == "daemon_peak_rss_mib" else sum(vals) / len(vals)
     res[s] = r
 
 ossl = [float(x.rstrip("k")) * 1000 / MiB for x in open(f"{out}/openssl.txt").read().split()]
@@ -301,10 +328,21 @@ md.append(f"XTS, one thread, 4 KiB sectors: storageos-fuse encrypt {xts['storage
 md.append("")
 md.append(f"Machine: {cpu}, {ncpu} cores, kernel {kernel}; load average before {load0}, after {load1}; "
           f"fio {runtime} s per job over {size}, loop direct-io={dio}, storageos-fuse --threads {threads} --backing-io {backing_io}; run {stamp}.")
+md.append("")
+md.append(f"Stack order {order}; each figure above is the mean of the stack's passes "
+          f"(peak RSS: the largest). Per pass:")
+md.append("")
+cols = [(s, i) for s in stacks for i in range(len(per_pass[s]))]
+md.append("| job | " + " | ".join(f"{s} pass {i + 1}" for s, i in cols) + " |")
+md.append("|" + "---|" * (len(cols) + 1))
+for label, key, fmt, higher in rows[:5]:
+    vals = [per_pass[s][i].get(key) for s, i in cols]
+    md.append(f"| {label} | " + " | ".join("-" if v is None else fmt.format(v) for v in vals) + " |")
+md.append("")
 for s in stacks:
-    p = f"{out}/{s}-perf.txt"
+    p = f"{out}/{s}.p1-perf.txt"
     if os.path.exists(p):
-        md.append(f"Profile of the ({s}) daemon over all its jobs (perf record -g, top symbols):")
+        md.append(f"Profile of the ({s}) daemon over all its jobs, first pass (perf record -g, top symbols):")
         md.append("")
         md.append("```")
         md.extend(l.rstrip() for l in open(p))
@@ -315,7 +353,7 @@ print(text)
 open(dest + ".md", "w").write(text)
 json.dump({"stamp": stamp, "runtime_s": int(runtime), "size": size, "threads": int(threads), "backing_io": backing_io,
            "loop_direct_io": dio, "load_before": load0, "load_after": load1, "kernel": kernel,
-           "cpu": cpu, "cpus": int(ncpu), "stacks": res, "xts": xts},
+           "cpu": cpu, "cpus": int(ncpu), "order": order, "stacks": res, "passes": per_pass, "xts": xts},
           open(dest + ".json", "w"), indent=2)
 print(f"wrote {dest}.json and {dest}.md")
 PY
