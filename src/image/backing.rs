@@ -18,17 +18,17 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use super::aligned::is_aligned;
+use super::readahead::Readahead;
 
-/// Turns off the kernel's readahead on the backing file (`POSIX_FADV_RANDOM`).
+/// Turns off the kernel's readahead on the backing file (`POSIX_FADV_RANDOM`); the
+/// daemon reads ahead of sequential streams itself (`super::readahead`).
 ///
-/// Why: readahead fills the page cache with large folios, and a 4 KiB buffered write into
-/// a large folio costs several times one into a small folio on ext4 (it walks and sets up
-/// the buffer heads of the whole folio: `ext4_block_write_begin` was 34% of the daemon's
-/// CPU). After a sequential read had pulled a volume in, random 4 KiB read/write at qd32
-/// ran at 29-31k IOPS instead of 69-81k (bench/RESULTS.md). The readahead is not needed
-/// here: every read already asks for what the file system above the loop device wants
-/// (up to 1 MiB, with that file system's own readahead), and reads run in parallel.
-/// Advice only: a kernel that ignores it just keeps its default.
+/// Why: the kernel's readahead fills the page cache with large folios, and a 4 KiB
+/// buffered write into a large folio costs several times one into a small folio on ext4
+/// (`ext4_block_write_begin`, which sets up and walks the buffer heads of the whole folio,
+/// was 34% of the daemon's CPU). After a sequential read had pulled a volume in, random
+/// 4 KiB read/write at qd32 ran at 29-31k IOPS instead of 69-81k (bench/RESULTS.md).
+/// Advice only: a kernel that ignores it keeps its default.
 fn no_readahead(file: &File) {
     // SAFETY: posix_fadvise only reads its integer arguments; the descriptor is open and
     // owned by `file` for the duration of the call.
@@ -59,6 +59,7 @@ pub struct Backing {
     /// (`rwsem_spin_on_owner` was 15% of the daemon's profile), leaving the CPU to the
     /// workers that encrypt and read.
     write_gate: Mutex<()>,
+    readahead: Readahead,
 }
 
 impl Backing {
@@ -90,6 +91,7 @@ impl Backing {
             buffered,
             direct,
             write_gate: Mutex::new(()),
+            readahead: Readahead::default(),
         })
     }
 
@@ -113,6 +115,10 @@ impl Backing {
     /// Reads exactly `buf.len()` bytes; a short read means the backing file shrank behind
     /// our back, which is an I/O error, never silently zeros.
     pub fn read_exact_at(&self, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
+        if self.direct.is_none() {
+            self.readahead
+                .on_read(&self.buffered, offset, buf.len() as u64);
+        }
         while !buf.is_empty() {
             match self.pick(buf, offset).read_at(buf, offset) {
                 Ok(0) => return Err(io::Error::from_raw_os_error(libc::EIO)),

@@ -9,6 +9,7 @@
 mod aligned;
 mod backing;
 mod rangelock;
+mod readahead;
 
 use std::cell::RefCell;
 use std::fs::File;
