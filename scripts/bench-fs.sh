@@ -11,8 +11,8 @@
 #
 # Usage: scripts/bench-fs.sh      environment: FILE_MIB=900, ROUNDS=4, SIZE=2G (volume),
 #                                 OTHER_BIN=path (optional), STACKS="a d o",
-#                                 LOOP_RA_KB=N (read_ahead_kb of the loop devices; default:
-#                                 the kernel's, 128), BENCH_DIR=/var/tmp (scratch parent)
+#                                 LOOP_RA_KB=128 (read_ahead_kb of every loop device),
+#                                 BENCH_DIR=/var/tmp (scratch parent)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -21,29 +21,70 @@ ROUNDS=${ROUNDS:-4}
 SIZE=${SIZE:-2G}
 OTHER_BIN=${OTHER_BIN:-}
 STACKS=${STACKS:-a d${OTHER_BIN:+ o}}
+# Every stack's loop device gets the same readahead, set here: the kernel gives a loop
+# device over a file on a block device that device's readahead (2560 KiB on this machine's
+# vda) but one over a FUSE file 128 KiB, and a value once set stays with the device number
+# after detach. Restored on exit.
+LOOP_RA_KB=${LOOP_RA_KB:-128}
 
 die() { echo "error: $*" >&2; exit 1; }
+positive() { [[ $2 =~ ^[1-9][0-9]*$ ]] || die "$1=$2 is not a positive whole number; e.g. $1=$3"; }
+# Everything is checked before anything is set up.
 [ "$(id -u)" -eq 0 ] || die "run as root (the bench attaches loop devices and mounts FUSE and ext4)"
 command -v mkfs.ext4 >/dev/null || die "mkfs.ext4 is missing: apt-get install -y e2fsprogs"
+positive FILE_MIB "$FILE_MIB" 900
+positive ROUNDS "$ROUNDS" 4
+positive LOOP_RA_KB "$LOOP_RA_KB" 4096
+SIZE_BYTES=$(numfmt --from=iec "${SIZE%i}" 2>/dev/null) || die "SIZE=$SIZE is not a size; e.g. SIZE=2G"
+# ext4 keeps about 5% for itself and its metadata: leave a tenth of the volume free.
+[ $((FILE_MIB * 1048576)) -le $((SIZE_BYTES * 9 / 10)) ] ||
+  die "FILE_MIB=$FILE_MIB does not fit in a volume of SIZE=$SIZE; raise SIZE or lower FILE_MIB"
 [ -z "$OTHER_BIN" ] || [ -x "$OTHER_BIN" ] || die "OTHER_BIN=$OTHER_BIN is not an executable; build the other revision first"
+[ -n "${STACKS// /}" ] || die "STACKS is empty; use some of: a d o"
+seen=" "
+for s in $STACKS; do
+  case $s in a | d | o) ;; *) die "unknown stack '$s' in STACKS; use some of: a d o" ;; esac
+  case $seen in *" $s "*) die "stack $s appears twice in STACKS; name each once" ;; esac
+  seen="$seen$s "
+done
 case " $STACKS " in *" o "*) [ -n "$OTHER_BIN" ] || die "stack o needs OTHER_BIN=path/to/storageos-fuse";; esac
+[ -d "${BENCH_DIR:-/var/tmp}" ] || die "BENCH_DIR=${BENCH_DIR:-} is not a directory; create it or pick another"
 
 echo "== cargo build --release"
 cargo build --release --quiet
 BIN=$ROOT/target/release/storageos-fuse
 
 WORK=$(mktemp -d "${BENCH_DIR:-/var/tmp}/storageos-bench-fs.XXXXXX")
-declare -A DEV=() MNT=()
+declare -A DEV=() MNT=() RA_BEFORE=()
 PIDS=()
 cleanup() {
+  # A second Ctrl-C or a TERM must not cut the teardown short.
+  trap '' INT TERM HUP
   set +e
-  for s in "${!MNT[@]}"; do umount "${MNT[$s]}" 2>/dev/null; done
-  for s in "${!DEV[@]}"; do losetup -d "${DEV[$s]}" 2>/dev/null; done
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+  for s in "${!MNT[@]}"; do
+    umount "${MNT[$s]}" 2>/dev/null || umount -l "${MNT[$s]}" 2>/dev/null
+  done
+  for s in "${!DEV[@]}"; do
+    [ -n "${RA_BEFORE[$s]:-}" ] && echo "${RA_BEFORE[$s]}" >"/sys/block/$(basename "${DEV[$s]}")/queue/read_ahead_kb"
+    losetup -d "${DEV[$s]}" 2>/dev/null
+  done
+  # The daemons refuse to stop while their image is in use; the loop devices detach
+  # asynchronously, so give each a few seconds before forcing it.
+  for p in "${PIDS[@]}"; do
+    kill "$p" 2>/dev/null
+    for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; kill "$p" 2>/dev/null; sleep 0.1; done
+    kill -9 "$p" 2>/dev/null
+    wait "$p" 2>/dev/null
+  done
   for f in "$WORK"/*.img; do findmnt -n "$f" >/dev/null 2>&1 && umount -l "$f"; done
-  rm -rf "$WORK"
+  rm -rf --one-file-system "$WORK"
 }
 trap cleanup EXIT
+# bash runs these once the command in the foreground (a dd) has finished, then exits
+# through the EXIT trap above.
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
 
 serve() { # STACK BINARY -> the image file of an encrypted volume, served in the background
   local s=$1 bin=$2 data=$WORK/data-$1
@@ -65,12 +106,11 @@ for s in $STACKS; do
   a) truncate -s "$SIZE" "$WORK/a.img" ;;
   d) serve d "$BIN" ;;
   o) serve o "$OTHER_BIN" ;;
-  *) die "unknown stack $s (use a d o)" ;;
   esac
   DEV[$s]=$(losetup -f --show --direct-io=on "$WORK/$s.img")
-  if [ -n "${LOOP_RA_KB:-}" ]; then
-    echo "$LOOP_RA_KB" >"/sys/block/$(basename "${DEV[$s]}")/queue/read_ahead_kb"
-  fi
+  ra=/sys/block/$(basename "${DEV[$s]}")/queue/read_ahead_kb
+  RA_BEFORE[$s]=$(cat "$ra")
+  echo "$LOOP_RA_KB" >"$ra"
   echo "== ($s) ${DEV[$s]}: read_ahead_kb $(cat "/sys/block/$(basename "${DEV[$s]}")/queue/read_ahead_kb")"
   mkfs.ext4 -q -F "${DEV[$s]}"
   MNT[$s]=$WORK/mnt-$s
