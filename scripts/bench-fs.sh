@@ -111,7 +111,7 @@ for s in $STACKS; do
   ra=/sys/block/$(basename "${DEV[$s]}")/queue/read_ahead_kb
   RA_BEFORE[$s]=$(cat "$ra")
   echo "$LOOP_RA_KB" >"$ra"
-  echo "== ($s) ${DEV[$s]}: read_ahead_kb $(cat "/sys/block/$(basename "${DEV[$s]}")/queue/read_ahead_kb")"
+  echo "== ($s) ${DEV[$s]}: read_ahead_kb $(cat "$ra")"
   mkfs.ext4 -q -F "${DEV[$s]}"
   MNT[$s]=$WORK/mnt-$s
   mkdir -p "${MNT[$s]}"

@@ -12,13 +12,12 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::Mutex;
 
 use super::aligned::is_aligned;
-use super::readahead::Readahead;
+use super::readahead::{Readahead, fadvise};
 
 /// Turns off the kernel's readahead on the backing file (`POSIX_FADV_RANDOM`); the
 /// daemon reads ahead of sequential streams itself (`super::readahead`).
@@ -30,14 +29,8 @@ use super::readahead::Readahead;
 /// 4 KiB read/write at qd32 ran at 29-31k IOPS instead of 69-81k (bench/RESULTS.md).
 /// Advice only: a kernel that ignores it keeps its default.
 fn no_readahead(file: &File) {
-    // SAFETY: posix_fadvise only reads its integer arguments; the descriptor is open and
-    // owned by `file` for the duration of the call.
-    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
-    if rc != 0 {
-        tracing::debug!(
-            "posix_fadvise(POSIX_FADV_RANDOM) on the backing file: {}",
-            io::Error::from_raw_os_error(rc)
-        );
+    if let Err(e) = fadvise(file, 0, 0, libc::POSIX_FADV_RANDOM) {
+        tracing::debug!("posix_fadvise(POSIX_FADV_RANDOM) on the backing file: {e}");
     }
 }
 

@@ -14,9 +14,23 @@
 //! random and simply go without readahead.
 
 use std::fs::File;
+use std::io;
 use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+/// `posix_fadvise(2)` on `len` bytes of `file` from `offset` (`len` 0: to the end).
+pub fn fadvise(file: &File, offset: u64, len: u64, advice: libc::c_int) -> io::Result<()> {
+    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    };
+    // SAFETY: posix_fadvise only reads its integer arguments; the descriptor is open and
+    // owned by `file` for the duration of the call.
+    match unsafe { libc::posix_fadvise(file.as_raw_fd(), offset, len, advice) } {
+        0 => Ok(()),
+        rc => Err(io::Error::from_raw_os_error(rc)),
+    }
+}
 
 /// How far ahead of a sequential read the cache is filled (8 MiB: 2 MiB was measurably
 /// short of the kernel's own readahead on a cold read through ext4).
@@ -35,19 +49,16 @@ impl Readahead {
     /// Notes a read of `[offset, offset + len)` of `file`; after a sequential one, starts
     /// reading the window beyond it into the page cache.
     pub fn on_read(&self, file: &File, offset: u64, len: u64) {
-        let Some(ahead) = self.plan(offset, len) else {
-            return;
-        };
-        let (Ok(from), Ok(len)) = (
-            libc::off_t::try_from(ahead.start),
-            libc::off_t::try_from(ahead.end - ahead.start),
-        ) else {
-            return;
-        };
-        // SAFETY: posix_fadvise only reads its integer arguments; the descriptor is open
-        // and owned by `file` for the duration of the call. Advice past the end of the
-        // file is ignored by the kernel; a failure only means no readahead.
-        unsafe { libc::posix_fadvise(file.as_raw_fd(), from, len, libc::POSIX_FADV_WILLNEED) };
+        if let Some(ahead) = self.plan(offset, len) {
+            // Advice past the end of the file is ignored by the kernel; a failure only
+            // means no readahead.
+            let _ = fadvise(
+                file,
+                ahead.start,
+                ahead.end - ahead.start,
+                libc::POSIX_FADV_WILLNEED,
+            );
+        }
     }
 
     /// The range to read ahead after a read of `[offset, offset + len)`, if any.
@@ -131,9 +142,7 @@ mod tests {
 
     fn evict(file: &File) {
         file.sync_all().unwrap();
-        // SAFETY: integer arguments only, on an open descriptor.
-        let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-        assert_eq!(rc, 0);
+        fadvise(file, 0, 0, libc::POSIX_FADV_DONTNEED).unwrap();
     }
 
     #[test]
